@@ -1,0 +1,443 @@
+//! The distributed lock trait, its lease and its guard.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::{Error, FencingToken, LockToken};
+
+/// How one acquisition should behave. Unset fields fall back to the backend's configuration.
+///
+/// ```
+/// use std::time::Duration;
+/// use distkit_core::AcquireOptions;
+///
+/// let opts = AcquireOptions::new()
+///     .ttl(Duration::from_secs(10))
+///     .wait(Duration::from_secs(2))
+///     .watchdog(true);
+/// assert_eq!(opts.wait_limit(), Some(Duration::from_secs(2)));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[must_use]
+pub struct AcquireOptions {
+    ttl: Option<Duration>,
+    wait: Option<Duration>,
+    watchdog: Option<bool>,
+}
+
+impl AcquireOptions {
+    /// Options that defer everything to the backend's configuration and try only once.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How long the lease lasts unless extended.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// How long to wait for the lock when someone else holds it. Without it the attempt is made
+    /// once.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// Whether a background task renews the lease while the guard lives.
+    pub fn watchdog(mut self, on: bool) -> Self {
+        self.watchdog = Some(on);
+        self
+    }
+
+    /// The requested lease length, if set.
+    #[must_use]
+    pub fn ttl_value(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The wait limit, if set.
+    #[must_use]
+    pub fn wait_limit(&self) -> Option<Duration> {
+        self.wait
+    }
+
+    /// The watchdog choice, if set.
+    #[must_use]
+    pub fn watchdog_value(&self) -> Option<bool> {
+        self.watchdog
+    }
+}
+
+/// What a grant of a lock gives its holder: the lock's name, the secret [`LockToken`] that
+/// proves ownership, the [`FencingToken`] of this grant, and how long it is valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    name: String,
+    token: LockToken,
+    fencing: FencingToken,
+    ttl: Duration,
+    valid_until: Instant,
+}
+
+impl Lease {
+    /// Describes a grant. `valid_until` should be conservative: measured from *before* the
+    /// request was sent, less any clock drift allowance, so the holder stops before the server
+    /// lets the key expire.
+    #[must_use]
+    pub fn new(
+        name: impl Into<String>,
+        token: LockToken,
+        fencing: FencingToken,
+        ttl: Duration,
+        valid_until: Instant,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            token,
+            fencing,
+            ttl,
+            valid_until,
+        }
+    }
+
+    /// The lock's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The ownership secret.
+    #[must_use]
+    pub fn token(&self) -> LockToken {
+        self.token
+    }
+
+    /// The fencing token of this grant.
+    #[must_use]
+    pub fn fencing_token(&self) -> FencingToken {
+        self.fencing
+    }
+
+    /// The lease length last granted or extended to.
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The local instant after which the holder must assume it no longer holds the lock.
+    #[must_use]
+    pub fn valid_until(&self) -> Instant {
+        self.valid_until
+    }
+
+    /// Records a successful extension.
+    pub fn renewed(&mut self, ttl: Duration, valid_until: Instant) {
+        self.ttl = ttl;
+        self.valid_until = valid_until;
+    }
+}
+
+/// Whether a guard still holds its lease, as seen by the backend's watchdog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// The lease is held (as of the last renewal).
+    Held,
+    /// The lease was lost: the key was gone or taken at renewal, or the lease ran out before a
+    /// renewal succeeded. Work protected by the lock must stop.
+    Lost {
+        /// What the watchdog saw.
+        reason: String,
+    },
+    /// The holder released the lease.
+    Released,
+}
+
+/// A lock service: Redis, Redlock over several Redis servers, or an in-process table.
+///
+/// Hold it as `Arc<dyn DistributedLock>` to pick a backend at run time. The only required
+/// acquisition method is [`acquire_with`](DistributedLock::acquire_with); the others are
+/// shorthands. Every grant returns a [`LockGuard`], which releases the lock when dropped (in
+/// the background) or explicitly with [`LockGuard::release`].
+///
+/// # Contract for implementations
+///
+/// * A grant is exclusive: while a lease is valid, no other caller gets a lease on the same
+///   name from the same backend.
+/// * Fencing tokens of one name strictly increase from grant to grant.
+/// * `release`, `extend` and `is_held` compare the lease's [`LockToken`] with the stored one and
+///   never touch a lock that another caller now holds.
+/// * An acquisition that fails returns an error and leaves nothing behind; it never reports a
+///   grant it does not have.
+#[async_trait]
+pub trait DistributedLock: Send + Sync + fmt::Debug {
+    /// Acquires `name` as `options` say: once when no wait limit is set, otherwise retrying
+    /// until the limit runs out.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Busy`] when someone else held the lock until the wait limit ran out,
+    /// [`Error::InvalidInput`] for bad options or names, [`Error::Unavailable`] when the backend
+    /// cannot be reached.
+    async fn acquire_with(&self, name: &str, options: AcquireOptions) -> Result<LockGuard, Error>;
+
+    /// Releases a lease. `Ok(false)` means it was no longer held (expired, or another caller
+    /// holds it now) and nothing was changed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] and [`Error::Timeout`] when the backend cannot be reached.
+    async fn release(&self, lease: &Lease) -> Result<bool, Error>;
+
+    /// Extends a held lease to `ttl` from now. `Ok(false)` means it was no longer held.
+    ///
+    /// # Errors
+    ///
+    /// As for [`release`](DistributedLock::release), plus [`Error::InvalidInput`] for a zero
+    /// `ttl`.
+    async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error>;
+
+    /// Asks the backend whether the lease is still held by its owner.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] and [`Error::Timeout`] when the backend cannot be reached.
+    async fn is_held(&self, lease: &Lease) -> Result<bool, Error>;
+
+    /// Tries once; `Ok(None)` when someone else holds the lock.
+    ///
+    /// # Errors
+    ///
+    /// As for [`acquire_with`](DistributedLock::acquire_with), except that a held lock is
+    /// `Ok(None)`, not an error.
+    async fn try_acquire(&self, name: &str) -> Result<Option<LockGuard>, Error> {
+        match self.acquire_with(name, AcquireOptions::new()).await {
+            Ok(guard) => Ok(Some(guard)),
+            Err(Error::Busy { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits up to `wait` for the lock.
+    ///
+    /// # Errors
+    ///
+    /// As for [`acquire_with`](DistributedLock::acquire_with).
+    async fn acquire(&self, name: &str, wait: Duration) -> Result<LockGuard, Error> {
+        self.acquire_with(name, AcquireOptions::new().wait(wait))
+            .await
+    }
+}
+
+#[async_trait]
+impl<T: DistributedLock + ?Sized> DistributedLock for Arc<T> {
+    async fn acquire_with(&self, name: &str, options: AcquireOptions) -> Result<LockGuard, Error> {
+        (**self).acquire_with(name, options).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<bool, Error> {
+        (**self).release(lease).await
+    }
+    async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error> {
+        (**self).extend(lease, ttl).await
+    }
+    async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
+        (**self).is_held(lease).await
+    }
+}
+
+#[async_trait]
+impl<T: DistributedLock + ?Sized> DistributedLock for Box<T> {
+    async fn acquire_with(&self, name: &str, options: AcquireOptions) -> Result<LockGuard, Error> {
+        (**self).acquire_with(name, options).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<bool, Error> {
+        (**self).release(lease).await
+    }
+    async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error> {
+        (**self).extend(lease, ttl).await
+    }
+    async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
+        (**self).is_held(lease).await
+    }
+}
+
+/// A held lock. Dropping it releases the lock in the background; [`release`](Self::release)
+/// does it in the foreground and reports the outcome.
+///
+/// When dropped outside a tokio runtime the guard cannot reach the backend: it logs a warning
+/// and leaves the lock to expire with its TTL.
+pub struct LockGuard {
+    lease: Lease,
+    backend: Option<Arc<dyn DistributedLock>>,
+    status: watch::Receiver<LeaseStatus>,
+    on_release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl LockGuard {
+    /// Wraps a granted lease. `status` carries the watchdog's view of the lease; a backend
+    /// without a watchdog passes a receiver whose sender it drops (the status then stays
+    /// [`LeaseStatus::Held`] and [`lost`](Self::lost) never fires).
+    #[must_use]
+    pub fn new(
+        lease: Lease,
+        backend: Arc<dyn DistributedLock>,
+        status: watch::Receiver<LeaseStatus>,
+    ) -> Self {
+        Self {
+            lease,
+            backend: Some(backend),
+            status,
+            on_release: None,
+        }
+    }
+
+    /// Runs `f` once when the guard is released or dropped, before the release is sent (a
+    /// backend uses it to stop its watchdog, so no renewal can follow the release).
+    #[must_use]
+    pub fn with_release_hook(mut self, f: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.on_release = Some(Box::new(f));
+        self
+    }
+
+    /// The lease this guard holds.
+    #[must_use]
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The lock's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.lease.name()
+    }
+
+    /// The ownership secret.
+    #[must_use]
+    pub fn token(&self) -> LockToken {
+        self.lease.token()
+    }
+
+    /// The fencing token to send along with every write the lock protects.
+    #[must_use]
+    pub fn fencing_token(&self) -> FencingToken {
+        self.lease.fencing_token()
+    }
+
+    /// The current status as the watchdog last saw it.
+    #[must_use]
+    pub fn status(&self) -> LeaseStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status changes; it starts with the current value.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<LeaseStatus> {
+        self.status.clone()
+    }
+
+    /// Completes when the watchdog reports the lease lost; pending forever otherwise.
+    pub async fn lost(&self) -> LeaseStatus {
+        let mut rx = self.status.clone();
+        loop {
+            let now = rx.borrow_and_update().clone();
+            if matches!(now, LeaseStatus::Lost { .. }) {
+                return now;
+            }
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Asks the backend whether the lease is still held.
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot be reached.
+    pub async fn is_held(&self) -> Result<bool, Error> {
+        match &self.backend {
+            Some(b) => b.is_held(&self.lease).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Extends the lease to `ttl` from now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotHeld`] when the lease was lost; backend errors otherwise.
+    pub async fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
+        let Some(backend) = &self.backend else {
+            return Err(self.not_held("the guard was already released"));
+        };
+        if backend.extend(&mut self.lease, ttl).await? {
+            Ok(())
+        } else {
+            Err(self.not_held("it expired or another caller holds it now"))
+        }
+    }
+
+    /// Releases the lock now. `Ok(false)` means it was no longer held (it expired or was taken
+    /// over); nothing was changed in that case.
+    ///
+    /// # Errors
+    ///
+    /// When the backend cannot be reached; the lock then expires with its TTL.
+    pub async fn release(mut self) -> Result<bool, Error> {
+        if let Some(hook) = self.on_release.take() {
+            hook();
+        }
+        match self.backend.take() {
+            Some(b) => b.release(&self.lease).await,
+            None => Ok(false),
+        }
+    }
+
+    fn not_held(&self, reason: &str) -> Error {
+        Error::NotHeld {
+            what: format!("lock {:?}", self.lease.name()),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("lease", &self.lease)
+            .field("status", &*self.status.borrow())
+            .field("released", &self.backend.is_none())
+            .finish()
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(hook) = self.on_release.take() {
+            hook();
+        }
+        let Some(backend) = self.backend.take() else {
+            return;
+        };
+        let lease = self.lease.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(error) = backend.release(&lease).await {
+                        tracing::warn!(lock = lease.name(), %error, "background release failed; the lock will expire with its ttl");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    lock = lease.name(),
+                    "lock guard dropped outside a tokio runtime; the lock will expire with its ttl"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! distkit's development tasks, run as `cargo xtask <task>`.
+//!
+//! Kept to the standard library so it builds in seconds; it calls cargo through `$CARGO`.
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const TASKS: &str = "\
+cargo xtask <task>
+
+tasks:
+  test               install redis-server if missing (root on Debian), then run every test:
+                     unit, integration and doc tests of the whole workspace
+  proptest [--cases N]
+                     run only the property tests, with PROPTEST_CASES=N
+                     (default 2560, ten times proptest's default)
+  lint               cargo fmt --check, clippy --all-targets -D warnings, doc with warnings denied
+  ci                 lint, then test
+";
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let run = match args.first().map(String::as_str) {
+        None | Some("help" | "--help" | "-h") => {
+            print!("{TASKS}");
+            return ExitCode::SUCCESS;
+        }
+        Some("test") => test(),
+        Some("proptest") => proptest(&args[1..]),
+        Some("lint") => lint(),
+        Some("ci") => lint().and_then(|()| test()),
+        Some(other) => Err(format!("unknown task {other:?}\n\n{TASKS}")),
+    };
+    match run {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test() -> Result {
+    ensure_redis_server()?;
+    cargo(&["test", "--workspace", "--locked"], &[])
+}
+
+fn proptest(args: &[String]) -> Result {
+    let cases = match args {
+        [] => 2560,
+        [flag, n] if flag == "--cases" => n
+            .parse::<u32>()
+            .map_err(|e| format!("--cases takes a whole number: {e}"))?,
+        _ => return Err("usage: cargo xtask proptest [--cases N]".into()),
+    };
+    ensure_redis_server()?;
+    // Property tests are named `proptests_*` (or live in a `proptests` module).
+    cargo(
+        &["test", "--workspace", "--locked", "proptests"],
+        &[("PROPTEST_CASES", cases.to_string())],
+    )
+}
+
+fn lint() -> Result {
+    cargo(&["fmt", "--all", "--", "--check"], &[])?;
+    cargo(
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    cargo(
+        &["doc", "--workspace", "--no-deps", "--locked"],
+        &[("RUSTDOCFLAGS", "-D warnings".into())],
+    )
+}
+
+fn cargo(args: &[&str], envs: &[(&str, String)]) -> Result {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (k, v)))
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("could not run {cargo:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo {} failed ({status})", args.join(" ")))
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+const INSTALL: &str = "apt-get update && apt-get install -y redis-server";
+
+/// Makes sure `redis-server` is installed: installs it when running as root on Debian or
+/// Ubuntu, otherwise stops with the exact command to run.
+fn ensure_redis_server() -> Result {
+    if have("redis-server") {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let debian = Path::new("/etc/debian_version").exists();
+    if !(root && debian) {
+        return Err(format!(
+            "redis-server is missing and tests need it; install it with `sudo {INSTALL}` \
+             (or your system's package manager) and run again"
+        ));
+    }
+    eprintln!("xtask: redis-server is missing; running `{INSTALL}`");
+    run_quiet("apt-get", &["update"])?;
+    run_quiet(
+        "apt-get",
+        &["install", "-y", "--no-install-recommends", "redis-server"],
+    )?;
+    if have("redis-server") {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{INSTALL}` ran but redis-server is still not on PATH"
+        ))
+    }
+}
+
+fn run_quiet(program: &str, args: &[&str]) -> Result {
+    let out = Command::new(program)
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .map_err(|e| format!("could not run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {} failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn have(binary: &str) -> bool {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .any(|d| d.join(binary).is_file())
+}
