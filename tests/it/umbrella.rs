@@ -14,3 +14,15 @@ fn redis_from_testkit_is_reachable_from_the_integration_package() {
     let redis = distkit_testkit::RedisServer::start().expect("redis-server starts");
     redis.ping().expect("PONG");
 }
+
+#[test]
+fn umbrella_exposes_the_ring_behind_the_trait() {
+    use distkit::Locator;
+    let mut ring = distkit::hashring::HashRing::new();
+    for id in ["a", "b", "c"] {
+        ring.add_node(distkit::hashring::Node::new(NodeId::new(id).unwrap(), id))
+            .unwrap();
+    }
+    let locator: std::sync::Arc<dyn Locator> = std::sync::Arc::new(ring);
+    assert_eq!(locator.replicas(b"k", 3).unwrap().len(), 3);
+}

@@ -16,6 +16,9 @@ tasks:
   proptest [--cases N]
                      run only the property tests, with PROPTEST_CASES=N
                      (default 2560, ten times proptest's default)
+  bench [CRATE...]   run the benchmarks (all, or: hashring); each writes
+                     target/bench/CRATE.json and docs/benchmarks/CRATE.md, then runs its
+                     criterion benches
   lint               cargo fmt --check, clippy --all-targets -D warnings, doc with warnings denied
   ci                 lint, then test
 ";
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
         }
         Some("test") => test(),
         Some("proptest") => proptest(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("lint") => lint(),
         Some("ci") => lint().and_then(|()| test()),
         Some(other) => Err(format!("unknown task {other:?}\n\n{TASKS}")),
@@ -63,6 +67,28 @@ fn proptest(args: &[String]) -> Result {
         &["test", "--workspace", "--locked", "proptests"],
         &[("PROPTEST_CASES", cases.to_string())],
     )
+}
+
+/// Component crates with benchmarks: the summary run (figures and report) and criterion.
+const BENCHES: &[(&str, &str, &[&str])] =
+    &[("hashring", "distkit-hashring", &["summary", "lookup"])];
+
+fn bench(args: &[String]) -> Result {
+    let wanted: Vec<&str> = if args.is_empty() {
+        BENCHES.iter().map(|(name, ..)| *name).collect()
+    } else {
+        args.iter().map(String::as_str).collect()
+    };
+    for name in wanted {
+        let (_, package, benches) = BENCHES.iter().find(|(n, ..)| *n == name).ok_or_else(|| {
+            let known: Vec<&str> = BENCHES.iter().map(|(n, ..)| *n).collect();
+            format!("no benchmarks for {name:?}; known: {}", known.join(", "))
+        })?;
+        for b in *benches {
+            cargo(&["bench", "--locked", "-p", package, "--bench", b], &[])?;
+        }
+    }
+    Ok(())
 }
 
 fn lint() -> Result {

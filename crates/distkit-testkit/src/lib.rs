@@ -12,6 +12,8 @@
 //! [`RedisServer::command`] speaks RESP over a plain socket, so a test can inspect or tamper
 //! with keys "from outside" without the client under test.
 //!
+//! [`report`] writes benchmark figures where the project keeps them.
+//!
 //! # Example
 //!
 //! ```
@@ -44,6 +46,7 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod report;
 mod resp;
 
 use std::io::{BufReader, Write};

@@ -9,8 +9,11 @@
 //! * [`core`]: ids ([`NodeId`], [`FencingToken`], [`Term`]), the [`Error`] type, and the traits
 //!   every backend implements ([`DistributedLock`], [`LeaderElector`], [`Cache`], [`Locator`]).
 //!
-//! Each component crate is re-exported behind a feature named after it as it lands; all are
-//! on by default.
+//! * [`hashring`] (feature `hashring`): consistent hashing, the weighted [`hashring::HashRing`]
+//!   and ketama, jump, maglev, rendezvous and bounded-load locators.
+//!
+//! Each component crate is re-exported behind a feature named after it; all are on by
+//! default. Turn off default features and pick the ones you use to build less.
 //!
 //! # Example
 //!
@@ -19,12 +22,20 @@
 //!
 //! let id: NodeId = "gateway-1".parse()?;
 //! assert_eq!(id.to_string(), "gateway-1");
-//! # Ok::<(), Error>(())
+//! # #[cfg(feature = "hashring")]
+//! # {
+//! let mut ring = distkit::hashring::HashRing::new();
+//! ring.add_node(distkit::hashring::Node::new(id, "10.0.0.1:7000"))?;
+//! assert_eq!(ring.locate(b"device:42")?.id().as_str(), "gateway-1");
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Feature flags
 //!
-//! None yet; component crates arrive behind features named after them.
+//! | feature | default | re-exports |
+//! |---|---|---|
+//! | `hashring` | yes | `distkit-hashring` as `distkit::hashring` |
 //!
 //! # Supported Rust versions
 //!
@@ -40,6 +51,10 @@
 
 #[doc(inline)]
 pub use distkit_core as core;
+
+#[cfg(feature = "hashring")]
+#[doc(inline)]
+pub use distkit_hashring as hashring;
 
 #[doc(inline)]
 pub use distkit_core::{
