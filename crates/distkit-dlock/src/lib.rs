@@ -1,0 +1,116 @@
+//! Distributed locks for distkit: Redis locks that are safe and fast, Redlock across several
+//! Redis servers, and an in-process lock with the same contract.
+//!
+//! # Overview
+//!
+//! | backend | holds the lock | use it for |
+//! |---|---|---|
+//! | [`RedisLock`] | one Redis server | the default for teams that run Redis |
+//! | [`Redlock`] | a majority of N independent Redis servers | surviving the loss of a minority of servers |
+//! | [`LocalLock`] | this process | tests, single-process deployments |
+//!
+//! All three implement [`distkit_core::DistributedLock`], so code can hold an
+//! `Arc<dyn DistributedLock>` and pick the backend from configuration. Every grant returns a
+//! [`LockGuard`](distkit_core::LockGuard) with a **fencing token** that strictly increases per
+//! lock name: pass it along with every write the lock protects, and have the resource refuse
+//! tokens smaller than the largest it has seen. A lease can always be lost (a GC pause, a
+//! network partition, a clock jump); the token is what keeps a paused holder from doing damage.
+//!
+//! What sets these locks apart from the Redis lock libraries users complain about:
+//!
+//! * **No polling loop.** Waiters subscribe to a per-lock channel *before* their failed attempt
+//!   and retry when the holder's release is published; they also wake exactly when the holder's
+//!   TTL runs out (a crashed holder publishes nothing), and fall back to jittered polling when
+//!   pub/sub is down.
+//! * **Fencing tokens** come from the same Lua script as the grant, so their order is the grant
+//!   order.
+//! * **Watchdog renewal** (opt-in) stops before the release is sent and can never bring a
+//!   released lock back (renewal is compare-token and never creates the key); loss is reported
+//!   through [`LockGuard::lost`](distkit_core::LockGuard::lost).
+//! * **Cancellation-safe**: dropping an acquire future while its grant is in flight releases
+//!   the grant on the same connection; dropping a guard releases in the background.
+//! * **Typed errors**: Redis down, slow, restarting, a wrong password or a key holding another
+//!   program's value are [`Error`](distkit_core::Error)s that say what to do, never a panic or a
+//!   false "acquired".
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use distkit_core::{AcquireOptions, DistributedLock, FencingToken};
+//! use distkit_dlock::RedisLock;
+//!
+//! /// A store that refuses writes from holders whose lease has passed on.
+//! struct FirmwareStore { highest: FencingToken }
+//!
+//! impl FirmwareStore {
+//!     fn write(&mut self, token: FencingToken, _image: &str) -> Result<(), String> {
+//!         if token < self.highest {
+//!             return Err(format!("stale fencing token {token} < {}", self.highest));
+//!         }
+//!         self.highest = token;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! # let redis = distkit_testkit::RedisServer::start()?; // a private redis-server for the example
+//! # let url = redis.url();
+//! let locks = RedisLock::builder(url) // "redis://127.0.0.1:6379/"
+//!     .ttl(Duration::from_secs(10))
+//!     .build()?;
+//! let mut store = FirmwareStore { highest: FencingToken::default() };
+//!
+//! let guard = locks
+//!     .acquire_with("firmware:device-42", AcquireOptions::new().wait(Duration::from_secs(5)).watchdog(true))
+//!     .await?;
+//! store.write(guard.fencing_token(), "v2.1.0")?;
+//!
+//! // Another holder after us gets a larger token; our stale token is refused.
+//! let stale = guard.fencing_token();
+//! guard.release().await?;
+//! let next = locks.acquire("firmware:device-42", Duration::from_secs(5)).await?;
+//! assert!(next.fencing_token() > stale);
+//! store.write(next.fencing_token(), "v2.1.1")?;
+//! assert!(store.write(stale, "v2.0.0").is_err());
+//! next.release().await?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Feature flags
+//!
+//! None.
+//!
+//! # Supported Rust versions
+//!
+//! The minimum supported Rust version is 1.88.
+
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    unreachable_pub,
+    rust_2018_idioms
+)]
+#![forbid(unsafe_code)]
+
+mod errors;
+mod local;
+mod name;
+mod notify;
+mod redis_lock;
+mod redlock;
+mod scripts;
+mod util;
+
+#[doc(inline)]
+pub use local::LocalLock;
+#[doc(inline)]
+pub use name::MAX_NAME_LEN;
+#[doc(inline)]
+pub use redis_lock::{
+    DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX, DEFAULT_TTL, RedisLock, RedisLockBuilder,
+};
+#[doc(inline)]
+pub use redlock::{Redlock, RedlockBuilder};

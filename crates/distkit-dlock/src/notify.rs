@@ -1,0 +1,182 @@
+//! Release notifications over Redis pub/sub, shared by all waiters of one `RedisLock`.
+//!
+//! One pub/sub connection per lock service carries every channel that has waiters. A waiter
+//! registers (which subscribes and waits for Redis to confirm) *before* its failed attempt,
+//! so a release between that attempt and the wait cannot be missed (Redisson #1763). Each
+//! release message wakes one waiter of the process; the rest stay asleep instead of stampeding
+//! Redis. When the pub/sub connection is down, registration says so and waiters poll.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::PubSubSink;
+use tokio::sync::{Mutex, Notify};
+
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    client: redis::Client,
+    connect_timeout: Duration,
+    /// Serializes (un)subscribe commands with the reference counts they depend on.
+    control: Mutex<Control>,
+    /// Read by the message task without awaiting.
+    wakers: Arc<StdMutex<HashMap<String, Arc<Notify>>>>,
+}
+
+#[derive(Default)]
+struct Control {
+    conn: Option<(PubSubSink, Arc<AtomicBool>)>,
+    refs: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("connected", &self.conn.is_some())
+            .field("channels", &self.refs.len())
+            .finish()
+    }
+}
+
+/// A waiter's interest in one channel; dropping it unsubscribes when it was the last.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    notifier: Arc<Notifier>,
+    channel: String,
+    pub(crate) notify: Arc<Notify>,
+    /// Whether Redis confirmed the subscription; without it, only polling wakes the waiter.
+    pub(crate) subscribed: bool,
+}
+
+impl Notifier {
+    pub(crate) fn new(client: redis::Client, connect_timeout: Duration) -> Self {
+        Self {
+            client,
+            connect_timeout,
+            control: Mutex::new(Control::default()),
+            wakers: Arc::new(StdMutex::new(HashMap::new())),
+        }
+    }
+
+    pub(crate) async fn register(self: &Arc<Self>, channel: &str) -> Registration {
+        // Under the control lock, so a concurrent last release cannot remove the waker after
+        // we took it.
+        let mut control = self.control.lock().await;
+        let notify = {
+            let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+            wakers
+                .entry(channel.to_owned())
+                .or_insert_with(|| Arc::new(Notify::new()))
+                .clone()
+        };
+        *control.refs.entry(channel.to_owned()).or_insert(0) += 1;
+        let subscribed = self.subscribe(&mut control, channel).await;
+        Registration {
+            notifier: self.clone(),
+            channel: channel.to_owned(),
+            notify,
+            subscribed,
+        }
+    }
+
+    /// Subscribes `channel` on a live connection, connecting (and re-subscribing every channel
+    /// that has waiters) when there is none.
+    async fn subscribe(&self, control: &mut Control, channel: &str) -> bool {
+        let alive = control
+            .conn
+            .as_ref()
+            .is_some_and(|(_, alive)| alive.load(Ordering::Acquire));
+        if !alive {
+            control.conn = None;
+            let Some(conn) = self.connect().await else {
+                return false;
+            };
+            control.conn = Some(conn);
+            let others: Vec<String> = control.refs.keys().cloned().collect();
+            if let Some((sink, _)) = control.conn.as_mut() {
+                for other in others.iter().filter(|c| *c != channel) {
+                    let _ = tokio::time::timeout(self.connect_timeout, sink.subscribe(other)).await;
+                }
+            }
+        }
+        let Some((sink, _)) = control.conn.as_mut() else {
+            return false;
+        };
+        match tokio::time::timeout(self.connect_timeout, sink.subscribe(channel)).await {
+            Ok(Ok(())) => true,
+            _ => {
+                control.conn = None;
+                false
+            }
+        }
+    }
+
+    async fn connect(&self) -> Option<(PubSubSink, Arc<AtomicBool>)> {
+        let pubsub = match tokio::time::timeout(
+            self.connect_timeout,
+            self.client.get_async_pubsub(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "pub/sub connection failed; waiters will poll");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let (sink, mut stream) = pubsub.split();
+        let alive = Arc::new(AtomicBool::new(true));
+        let wakers = self.wakers.clone();
+        let flag = alive.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = stream.next().await {
+                let waker = wakers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(msg.get_channel_name())
+                    .cloned();
+                if let Some(n) = waker {
+                    n.notify_one();
+                }
+            }
+            flag.store(false, Ordering::Release);
+            tracing::debug!("pub/sub connection closed; waiters poll until it is back");
+        });
+        Some((sink, alive))
+    }
+
+    async fn release(self: Arc<Self>, channel: String) {
+        let mut control = self.control.lock().await;
+        let last = match control.refs.get_mut(&channel) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        };
+        if !last {
+            return;
+        }
+        control.refs.remove(&channel);
+        self.wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&channel);
+        if let Some((sink, _)) = control.conn.as_mut() {
+            let _ = tokio::time::timeout(self.connect_timeout, sink.unsubscribe(&channel)).await;
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let notifier = self.notifier.clone();
+        let channel = std::mem::take(&mut self.channel);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(notifier.release(channel));
+        }
+    }
+}

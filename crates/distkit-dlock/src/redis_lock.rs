@@ -1,0 +1,550 @@
+//! `RedisLock`: one Redis server, fencing tokens, watchdog renewal and pub/sub hand-off.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use distkit_core::{
+    AcquireOptions, DistributedLock, Error, FencingToken, Lease, LockGuard, LockToken,
+};
+use redis::aio::MultiplexedConnection;
+
+use crate::errors::{from_pool, from_redis};
+use crate::name::{Keys, validate};
+use crate::notify::Notifier;
+use crate::scripts;
+use crate::util::{Backoff, guard, random_token, validate_ttl};
+
+/// Default lease length (Redisson's watchdog default).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "distkit:lock:";
+/// Default limit for one Redis command, including getting a connection.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Configures a [`RedisLock`].
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct RedisLockBuilder {
+    url: String,
+    ttl: Duration,
+    watchdog: bool,
+    renew_every: Option<Duration>,
+    prefix: String,
+    op_timeout: Duration,
+    pool_size: usize,
+}
+
+impl RedisLockBuilder {
+    /// Lease length when an acquisition does not ask for one (default 30 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Renew leases in the background while their guards live (default off; an acquisition
+    /// can override it with [`AcquireOptions::watchdog`]).
+    pub fn watchdog(mut self, on: bool) -> Self {
+        self.watchdog = on;
+        self
+    }
+
+    /// How often the watchdog renews (default a third of the lease's TTL). Must be shorter
+    /// than the TTL.
+    pub fn renew_every(mut self, every: Duration) -> Self {
+        self.renew_every = Some(every);
+        self
+    }
+
+    /// Prefix of every key (default `distkit:lock:`).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Limit for one command, including the wait for a pooled connection (default 2 s).
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// Connections in the pool (default 8). Each is multiplexed, so a few suffice.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Validates the settings and creates the pool. Connections are made on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for an unparsable URL, a zero or sub-millisecond TTL, a
+    /// renewal interval not shorter than the TTL, a zero timeout or pool size, or a prefix
+    /// with braces.
+    pub fn build(self) -> Result<RedisLock, Error> {
+        validate_ttl(self.ttl)?;
+        if let Some(every) = self.renew_every
+            && (every.is_zero() || every >= self.ttl)
+        {
+            return Err(Error::invalid_input(
+                "renewal interval",
+                format!(
+                    "it must be greater than zero and shorter than the ttl ({:?}), got {every:?}",
+                    self.ttl
+                ),
+            ));
+        }
+        if self.op_timeout.is_zero() {
+            return Err(Error::invalid_input(
+                "op timeout",
+                "it must be greater than zero",
+            ));
+        }
+        if self.pool_size == 0 {
+            return Err(Error::invalid_input("pool size", "it must be at least 1"));
+        }
+        if self.prefix.contains(['{', '}']) {
+            return Err(Error::invalid_input(
+                "key prefix",
+                "braces are reserved for the hash tag around the lock name",
+            ));
+        }
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
+            Error::invalid_input(
+                "redis url",
+                format!("{e} (expected redis://[:password@]host:port/[db])"),
+            )
+        })?;
+        let endpoint = client.get_connection_info().addr().to_string();
+        let mut cfg = deadpool_redis::Config::from_url(self.url.as_str());
+        let mut pool_cfg = deadpool_redis::PoolConfig::new(self.pool_size);
+        pool_cfg.timeouts.wait = Some(self.op_timeout);
+        pool_cfg.timeouts.create = Some(self.op_timeout);
+        pool_cfg.timeouts.recycle = Some(self.op_timeout);
+        cfg.pool = Some(pool_cfg);
+        let pool = cfg
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| Error::invalid_input("redis url", e.to_string()))?;
+        Ok(RedisLock {
+            inner: Arc::new(Inner {
+                notifier: Arc::new(Notifier::new(client, self.op_timeout)),
+                pool,
+                live: std::sync::Mutex::new(None),
+                endpoint,
+                prefix: self.prefix,
+                ttl: self.ttl,
+                watchdog: self.watchdog,
+                renew_every: self.renew_every,
+                op_timeout: self.op_timeout,
+            }),
+        })
+    }
+}
+
+/// A distributed lock on one Redis server.
+///
+/// * **Grant**: one Lua script sets the key (`token`, `PX ttl`) if it is absent and, in the
+///   same atomic step, advances the lock's fencing counter, so every grant carries a
+///   [`FencingToken`] larger than all earlier ones for that name.
+/// * **Release / extend**: compare-token scripts; a lease that expired or passed to another
+///   holder is never touched. Release publishes on the lock's channel.
+/// * **Waiting**: waiters subscribe to the release channel before their failed attempt and
+///   retry on the message; they also wake when the holder's TTL runs out (a crashed holder
+///   publishes nothing), and poll with jittered backoff when pub/sub is unavailable.
+/// * **Cancellation**: if the caller's acquire future is dropped while a grant is in flight,
+///   a release follows on the same connection, so no orphaned lock waits out its TTL.
+/// * **Watchdog** (opt-in): renews every `ttl / 3` while the guard lives, stops before the
+///   release is sent, and reports loss through [`LockGuard::lost`].
+///
+/// Cloning is cheap and shares the pool.
+///
+/// # What a fencing token guarantees
+///
+/// For one lock name on one Redis server, tokens strictly increase from grant to grant. A
+/// token is `max(previous + 1, server time in microseconds)`, so even after Redis restarts and
+/// loses its counter, new tokens exceed old ones unless the server's clock stepped back. The
+/// protected resource must remember the largest token it accepted and refuse writes carrying a
+/// smaller one; that is what makes a holder that paused past its lease harmless.
+#[derive(Clone)]
+pub struct RedisLock {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: deadpool_redis::Pool,
+    /// A pooled connection kept checked out while it works. It is multiplexed, so every
+    /// operation uses a clone of it; checking out per operation would cost deadpool's recycle
+    /// check (an extra round trip) each time.
+    live: std::sync::Mutex<Option<Live>>,
+    notifier: Arc<Notifier>,
+    endpoint: String,
+    prefix: String,
+    ttl: Duration,
+    watchdog: bool,
+    renew_every: Option<Duration>,
+    op_timeout: Duration,
+}
+
+struct Live {
+    mux: MultiplexedConnection,
+    _pooled: deadpool_redis::Connection,
+}
+
+/// The outcome of one attempt.
+pub(crate) enum Attempt {
+    Granted(FencingToken),
+    Held { pttl: Option<Duration> },
+}
+
+impl RedisLock {
+    /// Configures a lock service for the server at `url` (`redis://[:password@]host:port/`).
+    pub fn builder(url: impl Into<String>) -> RedisLockBuilder {
+        RedisLockBuilder {
+            url: url.into(),
+            ttl: DEFAULT_TTL,
+            watchdog: false,
+            renew_every: None,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            pool_size: 8,
+        }
+    }
+
+    /// A lock service for `url` with default settings.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RedisLockBuilder::build`].
+    pub fn new(url: impl Into<String>) -> Result<Self, Error> {
+        Self::builder(url).build()
+    }
+
+    /// The server's address, for messages.
+    #[must_use]
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// Checks that the server answers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`], [`Error::Timeout`] or [`Error::Protocol`] (bad credentials).
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut conn = self.conn().await?;
+        let _: String = self
+            .timed(redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        Ok(())
+    }
+
+    /// The last fencing token granted for `name`, if any (a resource can start its fencing
+    /// check from it).
+    ///
+    /// # Errors
+    ///
+    /// As for [`ping`](Self::ping), plus [`Error::InvalidInput`] for a bad name.
+    pub async fn last_fencing_token(&self, name: &str) -> Result<Option<FencingToken>, Error> {
+        validate(name)?;
+        let keys = Keys::new(&self.inner.prefix, name);
+        let mut conn = self.conn().await?;
+        let v: Option<u64> = self
+            .timed(redis::cmd("GET").arg(&keys.fence).query_async(&mut conn))
+            .await?;
+        Ok(v.map(FencingToken::new))
+    }
+
+    /// A clone of the live multiplexed connection, checking one out of the pool when there is
+    /// none (first use, or after a failure dropped it).
+    async fn conn(&self) -> Result<MultiplexedConnection, Error> {
+        if let Some(live) = self.live().as_ref() {
+            return Ok(live.mux.clone());
+        }
+        let pooled = self
+            .inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| from_pool(&self.inner.endpoint, self.inner.op_timeout, e))?;
+        let mux = (*pooled).clone();
+        let mut live = self.live();
+        if live.is_none() {
+            *live = Some(Live {
+                mux: mux.clone(),
+                _pooled: pooled,
+            });
+        }
+        Ok(mux)
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Option<Live>> {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn timed<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Error> {
+        let r = match tokio::time::timeout(self.inner.op_timeout, fut).await {
+            Ok(r) => r.map_err(|e| from_redis(&self.inner.endpoint, e)),
+            Err(_) => Err(Error::Timeout {
+                operation: "redis command",
+                after: self.inner.op_timeout,
+            }),
+        };
+        if let Err(e) = &r
+            && e.is_retryable()
+        {
+            // The connection may be broken: the next operation checks out a fresh one.
+            self.live().take();
+        }
+        r
+    }
+
+    /// One grant attempt. Cancellation-safe: if this future is dropped while the script may
+    /// have run, a compare-token release follows on the same connection.
+    pub(crate) async fn attempt(
+        &self,
+        keys: &Keys,
+        token: LockToken,
+        ttl: Duration,
+    ) -> Result<Attempt, Error> {
+        let mut mux = self.conn().await?;
+        let pending = PendingGrant {
+            conn: Some(mux.clone()),
+            lock: keys.lock.clone(),
+            channel: keys.channel.clone(),
+            token,
+        };
+        let reply: Result<(u8, i64), Error> = self
+            .timed(
+                scripts::ACQUIRE
+                    .key(&keys.lock)
+                    .key(&keys.fence)
+                    .arg(token.to_string())
+                    .arg(ttl.as_millis() as u64)
+                    .invoke_async(&mut mux),
+            )
+            .await;
+        match reply {
+            Ok((1, fence)) => {
+                pending.disarm();
+                Ok(Attempt::Granted(FencingToken::new(fence.max(0) as u64)))
+            }
+            Ok((_, pttl)) => {
+                pending.disarm();
+                Ok(Attempt::Held {
+                    pttl: u64::try_from(pttl).ok().map(Duration::from_millis),
+                })
+            }
+            // A timeout leaves the outcome unknown: `pending` releases on drop.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Raises the fencing counter at `fence_key` to at least `fence` (Redlock).
+    pub(crate) async fn raise_fence(
+        &self,
+        fence_key: &str,
+        fence: FencingToken,
+    ) -> Result<(), Error> {
+        let mut conn = self.conn().await?;
+        let _: i64 = self
+            .timed(
+                scripts::FENCE_AT_LEAST
+                    .key(fence_key)
+                    .arg(fence.get())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn run_script(
+        &self,
+        script: &redis::Script,
+        keys: &Keys,
+        lease: &Lease,
+        arg: String,
+    ) -> Result<bool, Error> {
+        let mut conn = self.conn().await?;
+        let n: i64 = self
+            .timed(
+                script
+                    .key(&keys.lock)
+                    .arg(lease.token().to_string())
+                    .arg(arg)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+}
+
+/// Releases a grant whose caller went away before seeing it.
+struct PendingGrant {
+    conn: Option<MultiplexedConnection>,
+    lock: String,
+    channel: String,
+    token: LockToken,
+}
+
+impl PendingGrant {
+    fn disarm(mut self) {
+        self.conn = None;
+    }
+}
+
+impl Drop for PendingGrant {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        let (lock, channel, token) = (
+            std::mem::take(&mut self.lock),
+            std::mem::take(&mut self.channel),
+            self.token,
+        );
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let r: redis::RedisResult<i64> = scripts::RELEASE
+                    .key(&lock)
+                    .arg(token.to_string())
+                    .arg(&channel)
+                    .invoke_async(&mut conn)
+                    .await;
+                if let Ok(1) = r {
+                    tracing::debug!(lock, "released a grant whose caller was cancelled");
+                }
+            });
+        }
+    }
+}
+
+impl fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLock")
+            .field("endpoint", &self.inner.endpoint)
+            .field("prefix", &self.inner.prefix)
+            .field("ttl", &self.inner.ttl)
+            .field("watchdog", &self.inner.watchdog)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl DistributedLock for RedisLock {
+    async fn acquire_with(&self, name: &str, options: AcquireOptions) -> Result<LockGuard, Error> {
+        validate(name)?;
+        let ttl = options.ttl_value().unwrap_or(self.inner.ttl);
+        validate_ttl(ttl)?;
+        let watchdog = options.watchdog_value().unwrap_or(self.inner.watchdog);
+        let renew_every = self
+            .inner
+            .renew_every
+            .filter(|e| *e < ttl)
+            .unwrap_or(ttl / 3);
+        let wait = options.wait_limit().unwrap_or(Duration::ZERO);
+        let keys = Keys::new(&self.inner.prefix, name);
+        let token = random_token();
+        let started = Instant::now();
+        let deadline = started + wait;
+        // Subscribe before the first attempt, so no release can slip between a failed attempt
+        // and the wait (only when we may wait at all).
+        let registration = if wait.is_zero() {
+            None
+        } else {
+            Some(self.inner.notifier.register(&keys.channel).await)
+        };
+        let mut backoff = Backoff::new();
+        loop {
+            let notified = registration.as_ref().map(|r| {
+                let n = r.notify.notified();
+                Box::pin(n)
+            });
+            let mut notified = notified;
+            if let Some(n) = notified.as_mut() {
+                n.as_mut().enable();
+            }
+            let sent = Instant::now();
+            let outcome = self.attempt(&keys, token, ttl).await;
+            let now = Instant::now();
+            match outcome {
+                Ok(Attempt::Granted(fence)) => {
+                    // Conservative validity: measured from before the request was sent.
+                    let valid_until = sent + ttl;
+                    let lease = Lease::new(name, token, fence, ttl, valid_until);
+                    return Ok(guard(lease, Arc::new(self.clone()), watchdog, renew_every));
+                }
+                Ok(Attempt::Held { pttl }) => {
+                    if now >= deadline {
+                        return Err(Error::Busy {
+                            what: format!("lock {name:?}"),
+                            waited: now - started,
+                        });
+                    }
+                    let subscribed = registration.as_ref().is_some_and(|r| r.subscribed);
+                    let poll = if subscribed {
+                        backoff.subscribed_poll()
+                    } else {
+                        backoff.next_poll()
+                    };
+                    // Wake when the holder's lease runs out: a crashed holder sends no message.
+                    let until_expiry = pttl.map_or(poll, |p| p + Duration::from_millis(1));
+                    let sleep = poll.min(until_expiry).min(deadline - now);
+                    match notified {
+                        Some(n) => {
+                            tokio::select! {
+                                () = n => {}
+                                () = tokio::time::sleep(sleep) => {}
+                            }
+                        }
+                        None => tokio::time::sleep(sleep).await,
+                    }
+                }
+                Err(e) if e.is_retryable() && now < deadline => {
+                    tracing::debug!(lock = name, error = %e, "acquire attempt failed; retrying");
+                    tokio::time::sleep(backoff.next_poll().min(deadline - now)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool, Error> {
+        let keys = Keys::new(&self.inner.prefix, lease.name());
+        self.run_script(&scripts::RELEASE, &keys, lease, keys.channel.clone())
+            .await
+    }
+
+    async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error> {
+        validate_ttl(ttl)?;
+        let keys = Keys::new(&self.inner.prefix, lease.name());
+        let sent = Instant::now();
+        let ok = self
+            .run_script(
+                &scripts::EXTEND,
+                &keys,
+                lease,
+                (ttl.as_millis() as u64).to_string(),
+            )
+            .await?;
+        if ok {
+            lease.renewed(ttl, sent + ttl);
+        }
+        Ok(ok)
+    }
+
+    async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
+        let keys = Keys::new(&self.inner.prefix, lease.name());
+        let mut conn = self.conn().await?;
+        let v: Option<String> = self
+            .timed(redis::cmd("GET").arg(&keys.lock).query_async(&mut conn))
+            .await?;
+        Ok(v.is_some_and(|v| v == lease.token().to_string()))
+    }
+}

@@ -1,0 +1,129 @@
+use std::time::{Duration, Instant};
+
+use distkit_core::{DistributedLock, Error};
+use distkit_dlock::Redlock;
+use distkit_testkit::RedisServer;
+
+fn redlock(servers: &[RedisServer], ttl: Duration) -> Redlock {
+    Redlock::builder(servers.iter().map(RedisServer::url))
+        .ttl(ttl)
+        .node_timeout(Duration::from_millis(100))
+        .retry_delay(Duration::from_millis(10), Duration::from_millis(30))
+        .build()
+        .unwrap()
+}
+
+/// For each of the 32 sets of pre-locked servers, acquisition succeeds exactly when a majority
+/// is free (redsync's check).
+#[tokio::test]
+async fn acquisition_succeeds_exactly_when_a_majority_is_free() {
+    let servers = RedisServer::start_many(5).unwrap();
+    let rl = redlock(&servers, Duration::from_secs(10));
+    assert_eq!(rl.quorum(), 3);
+    for mask in 0u32..32 {
+        let name = format!("combo-{mask}");
+        let key = format!("distkit:lock:{{{name}}}");
+        for (i, s) in servers.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                s.command(&[
+                    "SET",
+                    &key,
+                    "0123456789abcdef0123456789abcdef",
+                    "PX",
+                    "10000",
+                ])
+                .unwrap();
+            }
+        }
+        let free = 5 - mask.count_ones();
+        let r = rl.try_acquire(&name).await.unwrap();
+        assert_eq!(r.is_some(), free >= 3, "mask {mask:05b}: {free} free");
+        if let Some(g) = r {
+            // The grant holds exactly on the free servers.
+            for (i, s) in servers.iter().enumerate() {
+                let v = s.command(&["GET", &key]).unwrap().as_text().unwrap();
+                if mask & (1 << i) == 0 {
+                    assert_eq!(v, g.token().to_string());
+                }
+            }
+            g.release().await.unwrap();
+        } else {
+            // A failed attempt leaves nothing behind on the free servers.
+            for (i, s) in servers.iter().enumerate() {
+                if mask & (1 << i) == 0 {
+                    assert_eq!(
+                        s.command(&["EXISTS", &key]).unwrap(),
+                        distkit_testkit::Reply::Integer(0)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn works_with_two_of_five_down_and_fails_cleanly_with_three() {
+    let mut servers = RedisServer::start_many(5).unwrap();
+    let rl = redlock(&servers, Duration::from_secs(5));
+    servers[0].kill().unwrap();
+    servers[3].kill().unwrap();
+    let g = rl
+        .acquire("survivor", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(g.is_held().await.unwrap());
+    let f1 = g.fencing_token();
+    g.release().await.unwrap();
+    let g2 = rl
+        .acquire("survivor", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(g2.fencing_token() > f1);
+    g2.release().await.unwrap();
+
+    servers[4].kill().unwrap();
+    let start = Instant::now();
+    let e = rl
+        .acquire("survivor", Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(e, Error::Unavailable { .. }), "{e}");
+    assert!(e.to_string().contains("only 2 of 5"), "{e}");
+    assert!(
+        took < Duration::from_secs(3),
+        "bounded by the wait limit: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn extend_needs_a_majority() {
+    let mut servers = RedisServer::start_many(3).unwrap();
+    let rl = redlock(&servers, Duration::from_secs(5));
+    let mut g = rl.try_acquire("ext").await.unwrap().unwrap();
+    g.extend(Duration::from_secs(5)).await.unwrap();
+    servers[0].kill().unwrap();
+    servers[1].kill().unwrap();
+    assert!(matches!(
+        g.extend(Duration::from_secs(5)).await,
+        Err(Error::NotHeld { .. })
+    ));
+}
+
+#[test]
+fn bad_settings() {
+    assert!(Redlock::builder(Vec::<String>::new()).build().is_err());
+    assert!(
+        Redlock::builder(["redis://127.0.0.1:1/"])
+            .ttl(Duration::from_millis(10))
+            .node_timeout(Duration::from_millis(10))
+            .build()
+            .is_err()
+    );
+    assert!(
+        Redlock::builder(["redis://127.0.0.1:1/"])
+            .drift_factor(0.7)
+            .build()
+            .is_err()
+    );
+}
