@@ -1,3 +1,5 @@
-//! Cross-crate tests: the umbrella crate's paths and the test support, used together.
+//! Cross-crate and multi-process tests: the umbrella crate's paths, and locks shared by
+//! real OS processes.
 
+mod dlock;
 mod umbrella;

@@ -16,7 +16,7 @@ tasks:
   proptest [--cases N]
                      run only the property tests, with PROPTEST_CASES=N
                      (default 2560, ten times proptest's default)
-  bench [CRATE...]   run the benchmarks (all, or: hashring); each writes
+  bench [CRATE...]   run the benchmarks (all, or: hashring dlock); each writes
                      target/bench/CRATE.json and docs/benchmarks/CRATE.md, then runs its
                      criterion benches
   lint               cargo fmt --check, clippy --all-targets -D warnings, doc with warnings denied
@@ -74,6 +74,7 @@ const BENCHES: &[(&str, &str, &[&str])] =
     &[("hashring", "distkit-hashring", &["summary", "lookup"])];
 
 fn bench(args: &[String]) -> Result {
+    ensure_redis_server()?;
     let wanted: Vec<&str> = if args.is_empty() {
         BENCHES.iter().map(|(name, ..)| *name).collect()
     } else {

@@ -1,1 +1,317 @@
-fn main() {}
+//! The summary run behind `cargo xtask bench dlock`: lock latency, hand-off and throughput
+//! against private loopback redis-servers, each against a baseline measured in the same run.
+//! Writes `target/bench/dlock.json` and `docs/benchmarks/dlock.md`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use distkit_core::DistributedLock;
+use distkit_dlock::{RedisLock, Redlock};
+use distkit_testkit::RedisServer;
+use distkit_testkit::report::{Report, median, quantile};
+use redis::aio::MultiplexedConnection;
+
+const CHILD_ENV: &str = "DISTKIT_DLOCK_BENCH_CHILD";
+
+fn main() {
+    // Re-executed as the second process of the contended run.
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        let (url, secs) = spec.split_once(' ').expect("url and seconds");
+        let rt = runtime(true);
+        let n = rt.block_on(contend(
+            url.to_owned(),
+            Duration::from_secs_f64(secs.parse().unwrap()),
+        ));
+        println!("{n}");
+        return;
+    }
+    let rt = runtime(false);
+    rt.block_on(run());
+}
+
+fn runtime(multi: bool) -> tokio::runtime::Runtime {
+    let mut b = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().expect("runtime")
+}
+
+async fn run() {
+    let redis = RedisServer::start().expect("redis-server (cargo xtask test installs it)");
+    let url = redis.url();
+    let mut r = Report::new("dlock", "distkit-dlock benchmarks");
+
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let lock = RedisLock::builder(url.clone())
+        .ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // Warm up: connections made, scripts cached.
+    for _ in 0..200 {
+        ping(&mut conn).await;
+        lock.try_acquire("warm")
+            .await
+            .unwrap()
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+
+    // Latency: medians of interleaved rounds, so drift on the shared machine hits all alike.
+    let (mut rtt, mut ping2, mut pair) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        let mut c = Vec::new();
+        for _ in 0..400 {
+            let t = Instant::now();
+            ping(&mut conn).await;
+            a.push(us(t));
+            let t = Instant::now();
+            ping(&mut conn).await;
+            ping(&mut conn).await;
+            b.push(us(t));
+            let t = Instant::now();
+            let g = lock.try_acquire("pair").await.unwrap().unwrap();
+            g.release().await.unwrap();
+            c.push(us(t));
+        }
+        rtt.push(median(&mut a));
+        ping2.push(median(&mut b));
+        pair.push(median(&mut c));
+    }
+    let (rtt, ping2, pair) = (median(&mut rtt), median(&mut ping2), median(&mut pair));
+    r.figure("rtt_us", rtt, "one PING round trip (median)");
+    r.figure(
+        "ping2_us",
+        ping2,
+        "two sequential PINGs on the same kind of connection",
+    );
+    r.figure("pair_us", pair, "uncontended acquire + release (median)");
+    r.target(
+        "pair_ratio",
+        pair / ping2,
+        "pair_us / ping2_us",
+        "<= 1.15 (seed: 1.58)",
+    );
+
+    // Hand-off: from the holder's release to the blocked waiter holding the lock.
+    let handoffs = handoff(&url, 240).await;
+    let (mut h1, mut h2) = (handoffs.clone(), handoffs);
+    let p50 = quantile(&mut h1, 0.5);
+    let p99 = quantile(&mut h2, 0.99);
+    r.target(
+        "handoff_p50_ms",
+        p50,
+        "release to waiter holding, 240 hand-offs",
+        &format!("<= 5 x rtt = {:.3}", 5.0 * rtt / 1000.0),
+    );
+    r.target(
+        "handoff_p99_ms",
+        p99,
+        "release to waiter holding",
+        &format!("<= 20 x rtt = {:.3}", 20.0 * rtt / 1000.0),
+    );
+    let mut seed = seed_handoff(&url, 40).await;
+    let seed_p50 = quantile(&mut seed, 0.5);
+    r.figure(
+        "seed_handoff_p50_ms",
+        seed_p50,
+        "the seed's 100 ms polling, 40 hand-offs",
+    );
+    r.target(
+        "handoff_vs_seed",
+        seed_p50 / p50,
+        "seed_handoff_p50_ms / handoff_p50_ms",
+        ">= 20",
+    );
+
+    // Contended: 16 waiters here and 16 in a second process on one lock.
+    let secs = 3.0;
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, format!("{url} {secs}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let here = contend(url.clone(), Duration::from_secs_f64(secs)).await;
+    let out = child.wait_with_output().unwrap();
+    let there: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let per_s = (here + there) as f64 / secs;
+    r.target(
+        "contended_handoffs_per_s",
+        per_s,
+        &format!("16 + 16 waiters in two processes ({here} + {there} grants in {secs} s); implies {:.1} us a hand-off", 1e6 / per_s),
+        &format!(">= 1 / (6 x rtt) = {:.0}", 1e6 / (6.0 * rtt)),
+    );
+
+    // Redlock over 5 servers vs one server: acquire latency.
+    let servers = RedisServer::start_many(5).unwrap();
+    let rl = Redlock::builder(servers.iter().map(RedisServer::url))
+        .ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        rl.try_acquire("warm")
+            .await
+            .unwrap()
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    let (mut one, mut five) = (Vec::new(), Vec::new());
+    for _ in 0..400 {
+        let t = Instant::now();
+        let g = lock.try_acquire("rl").await.unwrap().unwrap();
+        one.push(us(t));
+        g.release().await.unwrap();
+        let t = Instant::now();
+        let g = rl.try_acquire("rl").await.unwrap().unwrap();
+        five.push(us(t));
+        g.release().await.unwrap();
+    }
+    let (one, five) = (median(&mut one), median(&mut five));
+    r.figure("acquire_p50_us", one, "RedisLock acquire, one server");
+    r.figure(
+        "redlock5_acquire_p50_us",
+        five,
+        "Redlock acquire over 5 servers",
+    );
+    r.target(
+        "redlock5_acquire_ratio",
+        five / one,
+        "Redlock(5) p50 / one-server p50",
+        "<= 1.3",
+    );
+    r.note("All servers are private redis-server processes on loopback, started by the testkit.");
+    r.note("Hand-offs are measured inside one process between two lock clients with separate connections.");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let (json, md) = r.write(&root).expect("write the report");
+    eprintln!("wrote {} and {}", json.display(), md.display());
+    drop(servers);
+    drop(redis);
+}
+
+fn us(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e6
+}
+
+async fn ping(conn: &mut MultiplexedConnection) {
+    let _: String = redis::cmd("PING").query_async(conn).await.unwrap();
+}
+
+/// `n` hand-offs from a holder to a waiter that is already blocked; milliseconds each.
+async fn handoff(url: &str, n: usize) -> Vec<f64> {
+    let holder = RedisLock::builder(url)
+        .ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let waiter = RedisLock::builder(url)
+        .ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let g = holder.try_acquire("h").await.unwrap().unwrap();
+        let w = waiter.clone();
+        let task = tokio::spawn(async move {
+            let g = w.acquire("h", Duration::from_secs(10)).await.unwrap();
+            let at = Instant::now();
+            g.release().await.unwrap();
+            at
+        });
+        // Let the waiter subscribe, try, and block.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let released = Instant::now();
+        g.release().await.unwrap();
+        let got = task.await.unwrap();
+        out.push(got.saturating_duration_since(released).as_secs_f64() * 1e3);
+    }
+    out
+}
+
+/// The seed's waiting: `SET NX EX 60` every 100 ms.
+async fn seed_handoff(url: &str, n: usize) -> Vec<f64> {
+    let client = redis::Client::open(url).unwrap();
+    let mut holder = client.get_multiplexed_async_connection().await.unwrap();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = format!("seed-{i}");
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg("holder")
+            .arg("NX")
+            .arg("EX")
+            .arg(60)
+            .query_async(&mut holder)
+            .await
+            .unwrap();
+        let mut w = client.get_multiplexed_async_connection().await.unwrap();
+        let k2 = key.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let r: Option<String> = redis::cmd("SET")
+                    .arg(&k2)
+                    .arg("waiter")
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(60)
+                    .query_async(&mut w)
+                    .await
+                    .unwrap();
+                if r.is_some() {
+                    return Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        // Release at a uniform point of the waiter's polling period.
+        tokio::time::sleep(Duration::from_millis(3 + (i as u64 * 97) % 100)).await;
+        let released = Instant::now();
+        let _: i64 = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut holder)
+            .await
+            .unwrap();
+        let got = task.await.unwrap();
+        out.push(got.saturating_duration_since(released).as_secs_f64() * 1e3);
+    }
+    out
+}
+
+/// 16 tasks take and release one lock for `dur`; returns their grants.
+async fn contend(url: String, dur: Duration) -> u64 {
+    let lock = RedisLock::builder(url)
+        .ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let grants = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (lock, grants, stop) = (lock.clone(), grants.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(g) = lock.acquire("contended", Duration::from_millis(500)).await {
+                    grants.fetch_add(1, Ordering::Relaxed);
+                    let _ = g.release().await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    grants.load(Ordering::Relaxed)
+}

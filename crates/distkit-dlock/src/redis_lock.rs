@@ -346,22 +346,28 @@ impl RedisLock {
         }
     }
 
-    /// Raises the fencing counter at `fence_key` to at least `fence` (Redlock).
-    pub(crate) async fn raise_fence(
+    /// Redlock's release on this server: raise the fencing counter to `fence`, then release
+    /// if `token` still holds the lock.
+    pub(crate) async fn release_raising(
         &self,
-        fence_key: &str,
+        name: &str,
+        token: LockToken,
         fence: FencingToken,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
+        let keys = Keys::new(&self.inner.prefix, name);
         let mut conn = self.conn().await?;
-        let _: i64 = self
+        let n: i64 = self
             .timed(
-                scripts::FENCE_AT_LEAST
-                    .key(fence_key)
+                scripts::RELEASE_RAISING
+                    .key(&keys.lock)
+                    .key(&keys.fence)
+                    .arg(token.to_string())
+                    .arg(&keys.channel)
                     .arg(fence.get())
                     .invoke_async(&mut conn),
             )
             .await?;
-        Ok(())
+        Ok(n == 1)
     }
 
     async fn run_script(

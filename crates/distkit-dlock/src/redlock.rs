@@ -137,12 +137,13 @@ impl RedlockBuilder {
 ///
 /// # Fencing tokens: a weaker guarantee
 ///
-/// Each server keeps its own counter; a grant's token is the largest among the granting
-/// majority, and every granting server is then raised to it in the background. Any two
-/// majorities share a server, so a later grant's token exceeds an earlier one as long as that
-/// raise reached the shared server before the later grant, which holds unless the holder
-/// crashed within a round trip of its grant, or servers lost their counters and their clocks
-/// disagree by more than the time between the grants (counters restart from server time).
+/// Each server keeps its own counter (`max(previous + 1, server time in microseconds)`); a
+/// grant's token is the largest among the granting majority. The release raises every
+/// server's counter to that token before it frees the lock, so, as any two majorities share a
+/// server, the next grant's token is larger. When a holder never releases (it crashed and its
+/// lease ran out), no raise happens, and the next token is larger only because the servers'
+/// clocks moved on: it can come out smaller if their clocks disagree by more than the time
+/// between the two grants.
 /// When a protected resource must never accept a stale writer, prefer a single
 /// [`RedisLock`](crate::RedisLock) (with Redis persistence on) or a consensus system.
 #[derive(Clone)]
@@ -215,19 +216,11 @@ impl Redlock {
         (granted, answered)
     }
 
-    async fn release_everywhere(&self, name: &str, token: LockToken) -> usize {
-        let lease = Lease::new(
-            name,
-            token,
-            FencingToken::default(),
-            self.inner.ttl,
-            Instant::now(),
-        );
-        let releases = self
-            .inner
-            .nodes
-            .iter()
-            .map(|n| tokio::time::timeout(self.inner.node_timeout, n.release(&lease)));
+    /// Releases on every server, raising each one's fencing counter to `fence` first.
+    async fn release_everywhere(&self, name: &str, token: LockToken, fence: FencingToken) -> usize {
+        let releases = self.inner.nodes.iter().map(|n| {
+            tokio::time::timeout(self.inner.node_timeout, n.release_raising(name, token, fence))
+        });
         join_all(releases)
             .await
             .into_iter()
@@ -275,25 +268,12 @@ impl DistributedLock for Redlock {
                 && let Some(validity) = validity.filter(|v| !v.is_zero())
             {
                 let fence = granted.iter().map(|(_, f)| *f).max().unwrap_or_default();
-                // Raise every granting server to the token handed out (see the type docs).
-                let bump: Vec<RedisLock> = granted
-                    .iter()
-                    .map(|(i, _)| self.inner.nodes[*i].clone())
-                    .collect();
-                let fence_key = keys.fence.clone();
-                let timeout = self.inner.node_timeout;
-                tokio::spawn(async move {
-                    let raises = bump
-                        .iter()
-                        .map(|n| tokio::time::timeout(timeout, n.raise_fence(&fence_key, fence)));
-                    join_all(raises).await;
-                });
                 let lease = Lease::new(name, token, fence, ttl, sent + validity);
                 let watchdog = options.watchdog_value().unwrap_or(self.inner.watchdog);
                 return Ok(guard(lease, Arc::new(self.clone()), watchdog, ttl / 3));
             }
             // Not held by a majority in time: give back whatever was granted.
-            self.release_everywhere(name, token).await;
+            self.release_everywhere(name, token, FencingToken::default()).await;
             let now = Instant::now();
             if now >= deadline {
                 if answered < self.inner.quorum {
@@ -317,7 +297,10 @@ impl DistributedLock for Redlock {
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, Error> {
-        Ok(self.release_everywhere(lease.name(), lease.token()).await >= self.inner.quorum)
+        let released = self
+            .release_everywhere(lease.name(), lease.token(), lease.fencing_token())
+            .await;
+        Ok(released >= self.inner.quorum)
     }
 
     async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error> {

@@ -73,19 +73,25 @@ return 0
     )
 });
 
-/// Raises the fencing counter to at least ARGV[1] (Redlock: so every node of a granting
-/// majority remembers the token that was handed out).
+/// Redlock's release: raises the fencing counter to at least the token of the grant being
+/// released (so this server remembers it even if it granted a smaller one), then deletes the
+/// lock if the token matches and announces it.
 ///
-/// KEYS: fence. ARGV: minimum.
-pub(crate) static FENCE_AT_LEAST: LazyLock<Script> = LazyLock::new(|| {
+/// KEYS: lock, fence. ARGV: token, channel, fencing token. Returns 1 when released.
+pub(crate) static RELEASE_RAISING: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-local want = tonumber(ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local want = tonumber(ARGV[3])
 if want > cur then
-  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('SET', KEYS[2], ARGV[3])
 end
-return 1
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], '1')
+  return 1
+end
+return 0
 ",
     )
 });

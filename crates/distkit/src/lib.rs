@@ -11,6 +11,8 @@
 //!
 //! * [`hashring`] (feature `hashring`): consistent hashing, the weighted [`hashring::HashRing`]
 //!   and ketama, jump, maglev, rendezvous and bounded-load locators.
+//! * [`dlock`] (feature `dlock`): distributed locks with fencing tokens:
+//!   [`dlock::RedisLock`], [`dlock::Redlock`] and the in-process [`dlock::LocalLock`].
 //!
 //! Each component crate is re-exported behind a feature named after it; all are on by
 //! default. Turn off default features and pick the ones you use to build less.
@@ -36,6 +38,7 @@
 //! | feature | default | re-exports |
 //! |---|---|---|
 //! | `hashring` | yes | `distkit-hashring` as `distkit::hashring` |
+//! | `dlock` | yes | `distkit-dlock` as `distkit::dlock` |
 //!
 //! # Supported Rust versions
 //!
@@ -55,6 +58,10 @@ pub use distkit_core as core;
 #[cfg(feature = "hashring")]
 #[doc(inline)]
 pub use distkit_hashring as hashring;
+
+#[cfg(feature = "dlock")]
+#[doc(inline)]
+pub use distkit_dlock as dlock;
 
 #[doc(inline)]
 pub use distkit_core::{
