@@ -18,7 +18,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let locks: Arc<dyn DistributedLock> = match std::env::var("REDIS_URL") {
         Ok(url) => {
             println!("using Redis at {url}");
-            Arc::new(RedisLock::builder(url).ttl(Duration::from_secs(5)).build()?)
+            Arc::new(
+                RedisLock::builder(url)
+                    .ttl(Duration::from_secs(5))
+                    .build()?,
+            )
         }
         Err(_) => {
             println!("using the in-process lock (set REDIS_URL to use Redis)");

@@ -219,7 +219,10 @@ impl Redlock {
     /// Releases on every server, raising each one's fencing counter to `fence` first.
     async fn release_everywhere(&self, name: &str, token: LockToken, fence: FencingToken) -> usize {
         let releases = self.inner.nodes.iter().map(|n| {
-            tokio::time::timeout(self.inner.node_timeout, n.release_raising(name, token, fence))
+            tokio::time::timeout(
+                self.inner.node_timeout,
+                n.release_raising(name, token, fence),
+            )
         });
         join_all(releases)
             .await
@@ -273,7 +276,8 @@ impl DistributedLock for Redlock {
                 return Ok(guard(lease, Arc::new(self.clone()), watchdog, ttl / 3));
             }
             // Not held by a majority in time: give back whatever was granted.
-            self.release_everywhere(name, token, FencingToken::default()).await;
+            self.release_everywhere(name, token, FencingToken::default())
+                .await;
             let now = Instant::now();
             if now >= deadline {
                 if answered < self.inner.quorum {
