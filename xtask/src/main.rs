@@ -16,9 +16,11 @@ tasks:
   proptest [--cases N]
                      run only the property tests, with PROPTEST_CASES=N
                      (default 2560, ten times proptest's default)
-  bench [CRATE...]   run the benchmarks (all, or: hashring dlock); each writes
+  bench [CRATE...]   run the benchmarks (all, or: hashring dlock election); each writes
                      target/bench/CRATE.json and docs/benchmarks/CRATE.md, then runs its
                      criterion benches
+  sim [--seeds N]    run N randomized election simulations (default 100000) in release mode;
+                     a failing seed is printed with the command that replays it
   lint               cargo fmt --check, clippy --all-targets -D warnings, doc with warnings denied
   ci                 lint, then test
 ";
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("proptest") => proptest(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("sim") => sim(&args[1..]),
         Some("lint") => lint(),
         Some("ci") => lint().and_then(|()| test()),
         Some(other) => Err(format!("unknown task {other:?}\n\n{TASKS}")),
@@ -66,6 +69,29 @@ fn proptest(args: &[String]) -> Result {
     cargo(
         &["test", "--workspace", "--locked", "proptests"],
         &[("PROPTEST_CASES", cases.to_string())],
+    )
+}
+
+fn sim(args: &[String]) -> Result {
+    let seeds = match args {
+        [] => 100_000,
+        [flag, n] if flag == "--seeds" => n
+            .parse::<u64>()
+            .map_err(|e| format!("--seeds takes a whole number: {e}"))?,
+        _ => return Err("usage: cargo xtask sim [--seeds N]".into()),
+    };
+    cargo(
+        &[
+            "test",
+            "--locked",
+            "--release",
+            "-p",
+            "distkit-election",
+            "--test",
+            "it",
+            "chaos_runs",
+        ],
+        &[("DISTKIT_SIM_SEEDS", seeds.to_string())],
     )
 }
 

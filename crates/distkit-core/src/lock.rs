@@ -397,6 +397,18 @@ impl LockGuard {
         }
     }
 
+    /// Detaches the lease from the guard: stops any renewal (runs the release hook) but does
+    /// not release. The lock then expires with its TTL unless someone releases the returned
+    /// lease through the backend (for example another task or process that took it over).
+    #[must_use]
+    pub fn into_lease(mut self) -> Lease {
+        if let Some(hook) = self.on_release.take() {
+            hook();
+        }
+        self.backend = None;
+        self.lease.clone()
+    }
+
     fn not_held(&self, reason: &str) -> Error {
         Error::NotHeld {
             what: format!("lock {:?}", self.lease.name()),

@@ -320,3 +320,23 @@ fn leadership_defaults() {
     assert_eq!(Role::PreCandidate.to_string(), "pre-candidate");
     assert_eq!(serde_json::to_string(&Role::Leader).unwrap(), "\"leader\"");
 }
+
+#[tokio::test]
+async fn into_lease_stops_the_hook_and_leaves_the_lock_held() {
+    let table = Arc::new(Table::default());
+    let hooks = Arc::new(AtomicUsize::new(0));
+    let h = hooks.clone();
+    let g = table
+        .try_acquire("e")
+        .await
+        .unwrap()
+        .unwrap()
+        .with_release_hook(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+        });
+    let lease = g.into_lease();
+    tokio::task::yield_now().await;
+    assert_eq!(hooks.load(Ordering::SeqCst), 1);
+    assert!(table.is_held(&lease).await.unwrap(), "not released");
+    assert_eq!(table.releases.load(Ordering::SeqCst), 0);
+}

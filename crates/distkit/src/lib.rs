@@ -13,6 +13,8 @@
 //!   and ketama, jump, maglev, rendezvous and bounded-load locators.
 //! * [`dlock`] (feature `dlock`): distributed locks with fencing tokens:
 //!   [`dlock::RedisLock`], [`dlock::Redlock`] and the in-process [`dlock::LocalLock`].
+//! * [`election`] (feature `election`): leader election: the Raft-style
+//!   [`election::Elector`] over HTTP and the Redis [`election::LeaseElection`].
 //!
 //! Each component crate is re-exported behind a feature named after it; all are on by
 //! default. Turn off default features and pick the ones you use to build less.
@@ -39,6 +41,7 @@
 //! |---|---|---|
 //! | `hashring` | yes | `distkit-hashring` as `distkit::hashring` |
 //! | `dlock` | yes | `distkit-dlock` as `distkit::dlock` |
+//! | `election` | yes | `distkit-election` as `distkit::election` |
 //!
 //! # Supported Rust versions
 //!
@@ -62,6 +65,10 @@ pub use distkit_hashring as hashring;
 #[cfg(feature = "dlock")]
 #[doc(inline)]
 pub use distkit_dlock as dlock;
+
+#[cfg(feature = "election")]
+#[doc(inline)]
+pub use distkit_election as election;
 
 #[doc(inline)]
 pub use distkit_core::{

@@ -1,0 +1,203 @@
+//! The HTTP transport: an axum router to mount in your server, and a reqwest client.
+//!
+//! Every message is one `POST {peer}/v1/election/message` with a JSON [`Envelope`] and the
+//! cluster token as `Authorization: Bearer ...`. The router answers 202 when the message was
+//! queued, 401 for a missing or wrong token, 400 for malformed JSON or an unknown sender or
+//! addressee, and 413 for bodies over 16 KiB, always with a JSON error body and without any
+//! state change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use distkit_core::{Error, NodeId};
+
+use crate::runtime::{Envelope, Inbox, Transport};
+
+/// The path the router serves.
+pub const MESSAGE_PATH: &str = "/v1/election/message";
+/// The largest message body accepted.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// Sends election messages to peers over HTTP with keep-alive connections and short
+/// timeouts.
+#[derive(Clone, Debug)]
+pub struct HttpTransport {
+    client: reqwest::Client,
+    peers: Arc<HashMap<NodeId, String>>,
+    token: Arc<str>,
+}
+
+impl HttpTransport {
+    /// A transport to `peers` (id to base URL such as `http://127.0.0.1:7001`), sending the
+    /// shared cluster `token`. Each request may take at most `timeout` (connecting included).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for an empty token, a zero timeout, or a base URL that is not
+    /// `http://host:port`.
+    pub fn new(
+        peers: impl IntoIterator<Item = (NodeId, String)>,
+        token: impl Into<String>,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let token = token.into();
+        if token.is_empty() {
+            return Err(Error::invalid_input("cluster token", "it is empty"));
+        }
+        if timeout.is_zero() {
+            return Err(Error::invalid_input(
+                "timeout",
+                "it must be greater than zero",
+            ));
+        }
+        let peers: HashMap<NodeId, String> = peers
+            .into_iter()
+            .map(|(id, url)| {
+                let url = url.trim_end_matches('/').to_owned();
+                if !url.starts_with("http://") || url.len() <= "http://".len() {
+                    return Err(Error::invalid_input(
+                        "peer url",
+                        format!("{url:?} for {id} must look like http://host:port"),
+                    ));
+                }
+                Ok((id, url))
+            })
+            .collect::<Result<_, _>>()?;
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::invalid_input("http client", e.to_string()))?;
+        Ok(Self {
+            client,
+            peers: Arc::new(peers),
+            token: token.into(),
+        })
+    }
+}
+
+#[async_trait]
+impl Transport for HttpTransport {
+    async fn send(&self, envelope: Envelope) -> Result<(), Error> {
+        let Some(base) = self.peers.get(&envelope.to) else {
+            return Err(Error::invalid_input(
+                "peer",
+                format!("no address for {}", envelope.to),
+            ));
+        };
+        let url = format!("{base}{MESSAGE_PATH}");
+        let resp = self
+            .client
+            .post(&url)
+            .bearer_auth(&*self.token)
+            .json(&envelope)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    Error::Timeout {
+                        operation: "sending an election message",
+                        after: Duration::ZERO,
+                    }
+                } else {
+                    Error::unavailable(url.clone(), "the request failed", e)
+                }
+            })?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Error::protocol(url, format!("answered {}", resp.status())))
+        }
+    }
+}
+
+#[derive(Clone)]
+struct RouterState {
+    inbox: Inbox,
+    token: Arc<str>,
+}
+
+/// The peer-facing routes for one node; merge them into your own axum router.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use std::time::Duration;
+/// # use distkit_core::NodeId;
+/// # use distkit_election::{Config, Elector, HttpTransport, MemoryVoteStore, http_router};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let (a, b) = (NodeId::new("a")?, NodeId::new("b")?);
+/// let transport = HttpTransport::new([(b.clone(), "http://127.0.0.1:7002".into())], "s3cret", Duration::from_millis(100))?;
+/// let elector = Elector::start(Config::builder(a, [b]).build()?, Arc::new(MemoryVoteStore::new()), Arc::new(transport))?;
+/// let app: axum::Router = axum::Router::new().merge(http_router(elector.inbox(), "s3cret"));
+/// # drop(app);
+/// # Ok::<(), distkit_core::Error>(())
+/// # }).unwrap();
+/// ```
+pub fn http_router(inbox: Inbox, token: impl Into<String>) -> Router {
+    let state = RouterState {
+        inbox,
+        token: token.into().into(),
+    };
+    Router::new()
+        .route(MESSAGE_PATH, post(receive))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn receive(State(state): State<RouterState>, headers: HeaderMap, body: Body) -> Response {
+    if !authorized(&headers, &state.token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
+    }
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("messages are at most {MAX_BODY} bytes"),
+        );
+    };
+    if headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.starts_with("application/json"))
+    {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected application/json",
+        );
+    }
+    let envelope: Envelope = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("malformed message: {e}")),
+    };
+    match state.inbox.deliver(envelope) {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(Error::InvalidInput { reason, .. }) => error(StatusCode::BAD_REQUEST, &reason),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// Constant-time comparison, so response timing does not reveal the token.
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}

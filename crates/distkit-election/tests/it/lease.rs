@@ -1,0 +1,112 @@
+use std::time::{Duration, Instant};
+
+use distkit_core::{LeaderElector, NodeId, Role};
+use distkit_election::LeaseElection;
+use distkit_testkit::RedisServer;
+
+fn members(url: &str, group: &str, n: usize, lease: Duration) -> Vec<LeaseElection> {
+    (0..n)
+        .map(|i| {
+            LeaseElection::start(url, group, NodeId::new(format!("m{i}")).unwrap(), lease).unwrap()
+        })
+        .collect()
+}
+
+async fn wait_leader(
+    ms: &[LeaseElection],
+    not: Option<usize>,
+    limit: Duration,
+) -> (usize, Duration) {
+    let start = Instant::now();
+    loop {
+        let leaders: Vec<usize> = (0..ms.len()).filter(|&i| ms[i].is_leader()).collect();
+        assert!(leaders.len() <= 1, "two lease holders: {leaders:?}");
+        if let Some(&l) = leaders.first()
+            && Some(l) != not
+        {
+            return (l, start.elapsed());
+        }
+        assert!(start.elapsed() < limit, "no leader within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_member_leads_and_a_stopped_leader_is_replaced_fast() {
+    let redis = RedisServer::start().unwrap();
+    let lease = Duration::from_millis(400);
+    let ms = members(&redis.url(), "g1", 3, lease);
+    let (leader, _) = wait_leader(&ms, None, Duration::from_secs(3)).await;
+    let term = ms[leader].leadership().term;
+    // Followers learn the leader's id.
+    tokio::time::sleep(lease * 2).await;
+    for (i, m) in ms.iter().enumerate() {
+        assert_eq!(
+            m.leader_id().as_ref().map(NodeId::as_str),
+            Some(format!("m{leader}").as_str()),
+            "member {i}"
+        );
+    }
+    ms[leader].stop();
+    let (next, took) = wait_leader(&ms, Some(leader), Duration::from_secs(3)).await;
+    assert!(
+        ms[next].leadership().term > term,
+        "the fencing token is the term"
+    );
+    assert!(took < Duration::from_secs(1), "failover took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_lock_means_stepping_down_at_once() {
+    let redis = RedisServer::start().unwrap();
+    let ms = members(&redis.url(), "g2", 1, Duration::from_millis(600));
+    let (leader, _) = wait_leader(&ms, None, Duration::from_secs(3)).await;
+    let mut rx = ms[leader].subscribe();
+    redis.command(&["DEL", "distkit:election:{g2}"]).unwrap();
+    let deleted = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        rx.wait_for(|l| l.role != Role::Leader),
+    )
+    .await
+    .expect("steps down")
+    .unwrap();
+    assert!(
+        deleted.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        deleted.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resign_hands_over_to_another_member() {
+    let redis = RedisServer::start().unwrap();
+    let ms = members(&redis.url(), "g3", 2, Duration::from_millis(500));
+    let (leader, _) = wait_leader(&ms, None, Duration::from_secs(3)).await;
+    ms[leader].resign().await.unwrap();
+    let (next, took) = wait_leader(&ms, Some(leader), Duration::from_secs(3)).await;
+    assert_ne!(next, leader);
+    assert!(took < Duration::from_millis(500), "hand-over took {took:?}");
+}
+
+#[test]
+fn bad_settings() {
+    let id = NodeId::new("x").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert!(LeaseElection::start("nope", "g", id.clone(), Duration::from_millis(500)).is_err());
+        assert!(
+            LeaseElection::start(
+                "redis://127.0.0.1:1/",
+                "a{b}",
+                id.clone(),
+                Duration::from_millis(500)
+            )
+            .is_err()
+        );
+        assert!(LeaseElection::start("redis://127.0.0.1:1/", "g", id, Duration::ZERO).is_err());
+    });
+}

@@ -1,0 +1,5 @@
+//! Public-API tests of distkit-election.
+
+mod http;
+mod lease;
+mod sim;
