@@ -16,7 +16,7 @@ tasks:
   proptest [--cases N]
                      run only the property tests, with PROPTEST_CASES=N
                      (default 2560, ten times proptest's default)
-  bench [CRATE...]   run the benchmarks (all, or: hashring dlock election); each writes
+  bench [CRATE...]   run the benchmarks (all, or: hashring dlock election dcache); each writes
                      target/bench/CRATE.json and docs/benchmarks/CRATE.md, then runs its
                      criterion benches
   sim [--seeds N]    run N randomized election simulations (default 100000) in release mode;

@@ -15,6 +15,8 @@
 //!   [`dlock::RedisLock`], [`dlock::Redlock`] and the in-process [`dlock::LocalLock`].
 //! * [`election`] (feature `election`): leader election: the Raft-style
 //!   [`election::Elector`] over HTTP and the Redis [`election::LeaseElection`].
+//! * [`dcache`] (feature `dcache`): the distributed cache, [`dcache::DistributedCache`]:
+//!   keys owned by ring, loaded once per cluster, hot copies with invalidation.
 //!
 //! Each component crate is re-exported behind a feature named after it; all are on by
 //! default. Turn off default features and pick the ones you use to build less.
@@ -42,6 +44,7 @@
 //! | `hashring` | yes | `distkit-hashring` as `distkit::hashring` |
 //! | `dlock` | yes | `distkit-dlock` as `distkit::dlock` |
 //! | `election` | yes | `distkit-election` as `distkit::election` |
+//! | `dcache` | yes | `distkit-dcache` as `distkit::dcache` |
 //!
 //! # Supported Rust versions
 //!
@@ -69,6 +72,10 @@ pub use distkit_dlock as dlock;
 #[cfg(feature = "election")]
 #[doc(inline)]
 pub use distkit_election as election;
+
+#[cfg(feature = "dcache")]
+#[doc(inline)]
+pub use distkit_dcache as dcache;
 
 #[doc(inline)]
 pub use distkit_core::{

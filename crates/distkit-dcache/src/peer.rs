@@ -1,0 +1,579 @@
+//! The peer protocol: an axum router every node mounts and the reqwest client that calls it.
+//!
+//! All routes live under `/v1/peer/cache`, require `Authorization: Bearer <cluster token>`,
+//! and are only ever served from the receiving node's own tier: a node never forwards a
+//! peer's request, so members that disagree about the ring cannot bounce a request between
+//! them (groupcache's open forwarding-loop bug). Values travel as raw bytes; the remaining
+//! TTL travels in `x-distkit-ttl-ms` (never an absolute time), the owner's write sequence
+//! number in `x-distkit-seq`.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /v1/peer/cache/{key}` | 200 value, 404 miss |
+//! | `PUT /v1/peer/cache/{key}[?lease=N]` | 204; with a lease, completes that load |
+//! | `DELETE /v1/peer/cache/{key}` | 200 `{"deleted": bool}` |
+//! | `POST /v1/peer/cache/{key}/load` | 200 value, 202 `{"lease": N}` (you load it), 409 retry |
+//! | `POST /v1/peer/cache/{key}/abandon?lease=N` | 204: the loader failed |
+//! | `POST /v1/peer/invalidate` | 204; body `{"from", "seq", "keys"}` |
+//! | `GET /v1/peer/seq` | 200 `{"seq": N}` |
+//!
+//! Errors: 401 wrong or missing token, 400 malformed input, 413 key or value over the limit,
+//! always with a JSON body `{"error": "..."}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use distkit_core::{Error, NodeId};
+use serde::Deserialize;
+
+use crate::cache::{Claim, Inner};
+
+const TTL_HEADER: &str = "x-distkit-ttl-ms";
+const SEQ_HEADER: &str = "x-distkit-seq";
+const FORWARDED_HEADER: &str = "x-distkit-forwarded";
+
+pub(crate) fn check_url(id: &NodeId, url: &str) -> Result<String, Error> {
+    let url = url.trim_end_matches('/');
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" && u.host().is_some() => Ok(url.to_owned()),
+        _ => Err(Error::invalid_input(
+            "peer url",
+            format!("{url:?} for {id} must look like http://host:port"),
+        )),
+    }
+}
+
+/// What the owner answered to a load claim.
+pub(crate) enum RemoteLoad {
+    Value(Bytes, Option<Duration>, u64),
+    Lease(u64),
+    Retry,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct PeerClient {
+    http: reqwest::Client,
+    token: Arc<str>,
+}
+
+impl PeerClient {
+    pub(crate) fn new(token: String, timeout: Duration) -> Result<Self, Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::invalid_input("http client", e.to_string()))?;
+        Ok(Self {
+            http,
+            token: token.into(),
+        })
+    }
+
+    fn url(base: &str, key: &str, suffix: Option<&str>) -> Result<reqwest::Url, Error> {
+        let mut u = reqwest::Url::parse(base)
+            .map_err(|e| Error::invalid_input("peer url", e.to_string()))?;
+        {
+            let mut segs = u
+                .path_segments_mut()
+                .map_err(|()| Error::invalid_input("peer url", "it cannot have a path"))?;
+            segs.extend(["v1", "peer", "cache", key]);
+            if let Some(s) = suffix {
+                segs.push(s);
+            }
+        }
+        Ok(u)
+    }
+
+    fn request(&self, method: reqwest::Method, url: reqwest::Url) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .bearer_auth(&*self.token)
+            .header(FORWARDED_HEADER, "1")
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response, Error> {
+        req.send().await.map_err(|e| {
+            if e.is_timeout() {
+                Error::Timeout {
+                    operation: "cache peer request",
+                    after: Duration::ZERO,
+                }
+            } else {
+                Error::unavailable(what.to_owned(), "the request failed", e)
+            }
+        })
+    }
+
+    async fn body(resp: reqwest::Response, what: &str) -> Result<Bytes, Error> {
+        resp.bytes()
+            .await
+            .map_err(|e| Error::unavailable(what.to_owned(), "the response was cut off", e))
+    }
+
+    fn protocol(resp: &reqwest::Response, what: &str) -> Error {
+        Error::protocol(what.to_owned(), format!("answered {}", resp.status()))
+    }
+
+    pub(crate) async fn get(
+        &self,
+        base: &str,
+        key: &str,
+    ) -> Result<Option<(Bytes, Option<Duration>, u64)>, Error> {
+        let resp = self
+            .send(
+                self.request(reqwest::Method::GET, Self::url(base, key, None)?),
+                base,
+            )
+            .await?;
+        match resp.status() {
+            StatusCode::OK => {
+                let (ttl, seq) = (ttl_of(resp.headers()), seq_of(resp.headers()));
+                Ok(Some((Self::body(resp, base).await?, ttl, seq)))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(Self::protocol(&resp, base)),
+        }
+    }
+
+    pub(crate) async fn put(
+        &self,
+        base: &str,
+        key: &str,
+        value: &Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        self.put_inner(base, key, None, value, ttl).await
+    }
+
+    pub(crate) async fn fill(
+        &self,
+        base: &str,
+        key: &str,
+        lease: u64,
+        value: &Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        self.put_inner(base, key, Some(lease), value, ttl).await
+    }
+
+    async fn put_inner(
+        &self,
+        base: &str,
+        key: &str,
+        lease: Option<u64>,
+        value: &Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        let mut url = Self::url(base, key, None)?;
+        if let Some(l) = lease {
+            url.query_pairs_mut().append_pair("lease", &l.to_string());
+        }
+        let mut req = self
+            .request(reqwest::Method::PUT, url)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(value.clone());
+        if let Some(t) = ttl {
+            req = req.header(TTL_HEADER, t.as_millis().to_string());
+        }
+        let resp = self.send(req, base).await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::protocol(&resp, base))
+        }
+    }
+
+    pub(crate) async fn delete(&self, base: &str, key: &str) -> Result<bool, Error> {
+        let resp = self
+            .send(
+                self.request(reqwest::Method::DELETE, Self::url(base, key, None)?),
+                base,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(Self::protocol(&resp, base));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&Self::body(resp, base).await?)
+            .map_err(|e| Error::protocol(base.to_owned(), e.to_string()))?;
+        Ok(v["deleted"].as_bool().unwrap_or(false))
+    }
+
+    pub(crate) async fn load(
+        &self,
+        base: &str,
+        key: &str,
+        wait: Duration,
+    ) -> Result<RemoteLoad, Error> {
+        let req = self
+            .request(reqwest::Method::POST, Self::url(base, key, Some("load"))?)
+            .timeout(wait + Duration::from_secs(1));
+        let resp = self.send(req, base).await?;
+        match resp.status() {
+            StatusCode::OK => {
+                let (ttl, seq) = (ttl_of(resp.headers()), seq_of(resp.headers()));
+                Ok(RemoteLoad::Value(Self::body(resp, base).await?, ttl, seq))
+            }
+            StatusCode::ACCEPTED => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&Self::body(resp, base).await?)
+                        .map_err(|e| Error::protocol(base.to_owned(), e.to_string()))?;
+                v["lease"]
+                    .as_u64()
+                    .map(RemoteLoad::Lease)
+                    .ok_or_else(|| Error::protocol(base.to_owned(), "no lease in a 202 answer"))
+            }
+            StatusCode::CONFLICT => Ok(RemoteLoad::Retry),
+            _ => Err(Self::protocol(&resp, base)),
+        }
+    }
+
+    pub(crate) async fn abandon(&self, base: &str, key: &str, lease: u64) -> Result<(), Error> {
+        let mut url = Self::url(base, key, Some("abandon"))?;
+        url.query_pairs_mut()
+            .append_pair("lease", &lease.to_string());
+        let resp = self
+            .send(self.request(reqwest::Method::POST, url), base)
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::protocol(&resp, base))
+        }
+    }
+
+    pub(crate) async fn invalidate(
+        &self,
+        base: &str,
+        from: &NodeId,
+        seq: u64,
+        keys: &[String],
+    ) -> Result<(), Error> {
+        let url = format!("{base}/v1/peer/invalidate");
+        let body = serde_json::json!({ "from": from, "seq": seq, "keys": keys });
+        let resp = self
+            .send(
+                self.http.post(url).bearer_auth(&*self.token).json(&body),
+                base,
+            )
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::protocol(&resp, base))
+        }
+    }
+
+    pub(crate) async fn seq(&self, base: &str) -> Result<u64, Error> {
+        let url = format!("{base}/v1/peer/seq");
+        let resp = self
+            .send(self.http.get(url).bearer_auth(&*self.token), base)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(Self::protocol(&resp, base));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&Self::body(resp, base).await?)
+            .map_err(|e| Error::protocol(base.to_owned(), e.to_string()))?;
+        v["seq"]
+            .as_u64()
+            .ok_or_else(|| Error::protocol(base.to_owned(), "no seq"))
+    }
+}
+
+fn ttl_of(h: &HeaderMap) -> Option<Duration> {
+    h.get(TTL_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+        .map(Duration::from_millis)
+}
+
+fn seq_of(h: &HeaderMap) -> u64 {
+    h.get(SEQ_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub(crate) fn router(inner: Arc<Inner>) -> Router {
+    Router::new()
+        .route(
+            "/v1/peer/cache/{key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .route("/v1/peer/cache/{key}/load", post(load_key))
+        .route("/v1/peer/cache/{key}/abandon", post(abandon_key))
+        .route("/v1/peer/invalidate", post(invalidate))
+        .route("/v1/peer/seq", get(seq))
+        .with_state(inner)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn refuse(e: &Error) -> Response {
+    match e {
+        Error::InvalidInput { what, .. }
+            if what.starts_with("cache") && e.to_string().contains("limit") =>
+        {
+            error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
+        }
+        Error::InvalidInput { .. } => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// Checks the token and decodes the key (the path extractor percent-decodes; bytes that are
+/// not UTF-8 are refused there with 400). The error is the finished response.
+#[allow(clippy::result_large_err)] // a refusal is returned once per request, not stored
+fn admit(
+    inner: &Inner,
+    headers: &HeaderMap,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<String, Response> {
+    if !authorized(headers, &inner.token) {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong cluster token",
+        ));
+    }
+    let Path(key) = key.map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad key: {e}")))?;
+    inner.check_key(&key).map_err(|e| refuse(&e))?;
+    Ok(key)
+}
+
+fn authorized(headers: &HeaderMap, token: &str) -> bool {
+    if token.is_empty() {
+        return false;
+    }
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn value_response(inner: &Inner, value: Bytes, ttl: Option<Duration>) -> Response {
+    let mut resp = (StatusCode::OK, value).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(t) = ttl
+        && let Ok(v) = HeaderValue::from_str(&t.as_millis().to_string())
+    {
+        h.insert(TTL_HEADER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(
+        &inner
+            .seq
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .to_string(),
+    ) {
+        h.insert(SEQ_HEADER, v);
+    }
+    resp
+}
+
+async fn get_key(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let key = match admit(&inner, &headers, key) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match inner.get_owned(&key).await {
+        Some(e) => {
+            let ttl = e.remaining();
+            value_response(&inner, e.value, ttl)
+        }
+        None => error(StatusCode::NOT_FOUND, "not cached"),
+    }
+}
+
+#[derive(Deserialize)]
+struct LeaseQuery {
+    lease: Option<u64>,
+}
+
+async fn read_value(inner: &Inner, body: Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, inner.max_value)
+        .await
+        .map_err(|_| {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("values are at most {} bytes", inner.max_value),
+            )
+        })
+}
+
+async fn put_key(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Response {
+    let key = match admit(&inner, &headers, key) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let Ok(Query(q)) = query else {
+        return error(StatusCode::BAD_REQUEST, "bad lease");
+    };
+    let ttl = match headers
+        .get(TTL_HEADER)
+        .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()))
+    {
+        None => None,
+        Some(Some(ms)) if ms > 0 => Some(Duration::from_millis(ms)),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "x-distkit-ttl-ms must be a positive whole number",
+            );
+        }
+    };
+    let value = match read_value(&inner, body).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    match q.lease {
+        Some(lease) => inner.complete(&key, lease, Some((value, ttl))).await,
+        None => inner.set_owned(&key, value, ttl).await,
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn delete_key(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let key = match admit(&inner, &headers, key) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let deleted = inner.delete_owned(&key).await;
+    axum::Json(serde_json::json!({ "deleted": deleted })).into_response()
+}
+
+async fn load_key(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let key = match admit(&inner, &headers, key) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match inner.claim(&key).await {
+        Claim::Hit(e) => {
+            let ttl = e.remaining();
+            value_response(&inner, e.value, ttl)
+        }
+        Claim::Lease(lease) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "lease": lease })),
+        )
+            .into_response(),
+        Claim::Wait(mut rx, expires) => {
+            let waited =
+                tokio::time::timeout_at(expires.into(), rx.wait_for(Option::is_some)).await;
+            match waited.ok().and_then(Result::ok).and_then(|o| o.clone()) {
+                Some(crate::cache::Outcome::Value(e)) => {
+                    let ttl = e.remaining();
+                    value_response(&inner, e.value, ttl)
+                }
+                _ => error(
+                    StatusCode::CONFLICT,
+                    "the load failed or timed out; claim again",
+                ),
+            }
+        }
+    }
+}
+
+async fn abandon_key(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let key = match admit(&inner, &headers, key) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match query {
+        Ok(Query(LeaseQuery { lease: Some(lease) })) => {
+            inner.complete(&key, lease, None).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => error(StatusCode::BAD_REQUEST, "abandon needs ?lease=N"),
+    }
+}
+
+#[derive(Deserialize)]
+struct Invalidation {
+    from: NodeId,
+    seq: u64,
+    keys: Vec<String>,
+}
+
+async fn invalidate(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Body) -> Response {
+    if !authorized(&headers, &inner.token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
+    }
+    let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalidations are at most 64 KiB",
+        );
+    };
+    let msg: Invalidation = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("malformed invalidation: {e}"),
+            );
+        }
+    };
+    if !inner.is_peer(&msg.from) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("{} is not a peer", msg.from),
+        );
+    }
+    inner.invalidated(&msg.from, msg.seq, &msg.keys).await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn seq(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, &inner.token) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
+    }
+    let seq = inner.seq.load(std::sync::atomic::Ordering::SeqCst);
+    axum::Json(serde_json::json!({ "seq": seq })).into_response()
+}

@@ -1,0 +1,381 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use distkit_core::{Loader, NodeId};
+use distkit_dcache::DistributedCache;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+const TOKEN: &str = "cache-test-token";
+
+struct Cluster {
+    ids: Vec<NodeId>,
+    urls: Vec<String>,
+    caches: Vec<DistributedCache>,
+    servers: Vec<Option<JoinHandle<()>>>,
+}
+
+async fn cluster(n: usize, hot: bool) -> Cluster {
+    let ids: Vec<NodeId> = (0..n)
+        .map(|i| NodeId::new(format!("c{i}")).unwrap())
+        .collect();
+    let mut listeners = Vec::new();
+    for _ in 0..n {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| format!("http://{}", l.local_addr().unwrap()))
+        .collect();
+    let mut caches = Vec::new();
+    let mut servers = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let c = node(&ids, &urls, i, hot);
+        servers.push(Some(serve(&c, l)));
+        caches.push(c);
+    }
+    Cluster {
+        ids,
+        urls,
+        caches,
+        servers,
+    }
+}
+
+fn node(ids: &[NodeId], urls: &[String], i: usize, hot: bool) -> DistributedCache {
+    let mut b = DistributedCache::builder(ids[i].clone())
+        .token(TOKEN)
+        .hot_copies(hot)
+        .request_timeout(Duration::from_millis(300))
+        .suspect_for(Duration::from_millis(500))
+        .staleness_check(Duration::from_millis(200));
+    for j in (0..ids.len()).filter(|&j| j != i) {
+        b = b.peer(ids[j].clone(), urls[j].clone());
+    }
+    b.build().unwrap()
+}
+
+fn serve(c: &DistributedCache, l: TcpListener) -> JoinHandle<()> {
+    let app = c.router();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    })
+}
+
+impl Cluster {
+    async fn kill(&mut self, i: usize) {
+        if let Some(s) = self.servers[i].take() {
+            s.abort();
+            let _ = s.await;
+        }
+    }
+
+    fn owner_index(&self, key: &str) -> usize {
+        let owner = self.caches[0].owner_of(key).unwrap();
+        self.ids.iter().position(|id| *id == owner).unwrap()
+    }
+}
+
+fn loader_counting(counter: Arc<AtomicU64>, value: &'static str, delay: Duration) -> Loader {
+    Loader::new(move || async move {
+        counter.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(delay).await;
+        Ok::<_, std::io::Error>(Bytes::from_static(value.as_bytes()))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_key_lives_only_at_its_owner() {
+    let c = cluster(3, false).await;
+    for i in 0..60 {
+        let key = format!("device:{i}");
+        c.caches[i % 3]
+            .set(&key, format!("state-{i}"))
+            .await
+            .unwrap();
+    }
+    let mut per_node = [0; 3];
+    for i in 0..60 {
+        let key = format!("device:{i}");
+        let owner = c.owner_index(&key);
+        for (n, cache) in c.caches.iter().enumerate() {
+            assert_eq!(
+                cache.owner_of(&key).unwrap(),
+                c.ids[owner],
+                "all nodes agree on the owner"
+            );
+            assert_eq!(cache.holds_locally(&key), n == owner, "{key} on node {n}");
+            let v = cache.get(&key).await.unwrap().unwrap();
+            assert_eq!(&v[..], format!("state-{i}").as_bytes());
+        }
+        per_node[owner] += 1;
+    }
+    assert!(
+        per_node.iter().all(|&n| n > 5),
+        "keys spread over the ring: {per_node:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_callers_on_three_nodes_load_once() {
+    let c = cluster(3, true).await;
+    let loads = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let cache = c.caches[i % 3].clone();
+        let l = loader_counting(loads.clone(), "expensive", Duration::from_millis(200));
+        tasks.push(tokio::spawn(
+            async move { cache.get_or_load("herd", l).await },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(&t.await.unwrap().unwrap()[..], b"expensive");
+    }
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "the loader ran once for the whole cluster"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owner_means_local_loads_and_no_hangs() {
+    let mut c = cluster(3, false).await;
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| c.owner_index(k) == 2)
+        .unwrap();
+    let loads = Arc::new(AtomicU64::new(0));
+    c.kill(2).await;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let cache = c.caches[i % 2].clone();
+        let (key, l) = (
+            key.clone(),
+            loader_counting(loads.clone(), "fallback", Duration::from_millis(10)),
+        );
+        tasks.push(tokio::spawn(
+            async move { cache.get_or_load(&key, l).await },
+        ));
+    }
+    for t in tasks {
+        let v = tokio::time::timeout(Duration::from_secs(5), t)
+            .await
+            .expect("no hang")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&v[..], b"fallback");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(loads.load(Ordering::SeqCst) >= 1);
+    // Plain reads are misses, quickly (the peer is suspect after the first failure).
+    let t = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(c.caches[0].get(&key).await.unwrap(), None);
+    }
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // Writes do not vanish silently.
+    assert!(c.caches[0].set(&key, "v").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_owner_is_used_again() {
+    let mut c = cluster(3, false).await;
+    let key = (0..)
+        .map(|i| format!("r{i}"))
+        .find(|k| c.owner_index(k) == 1)
+        .unwrap();
+    let addr = c.urls[1].trim_start_matches("http://").to_owned();
+    c.kill(1).await;
+    assert_eq!(c.caches[0].get(&key).await.unwrap(), None);
+    let l = TcpListener::bind(&addr).await.unwrap();
+    c.servers[1] = Some(serve(&c.caches[1], l));
+    c.caches[1].set(&key, "back").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await; // past the suspect period
+    assert_eq!(
+        c.caches[0].get(&key).await.unwrap().as_deref(),
+        Some(&b"back"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_disagree_never_loop() {
+    let c = cluster(3, false).await;
+    // Node 0 forgets node 2: for some keys it now names node 1 the owner, while node 1
+    // (like node 2) still thinks node 2 owns them.
+    c.caches[0].remove_node(c.ids[2].as_str()).unwrap();
+    let key = (0..)
+        .map(|i| format!("d{i}"))
+        .find(|k| {
+            c.caches[1].owner_of(k).unwrap() == c.ids[2]
+                && c.caches[0].owner_of(k).unwrap() == c.ids[1]
+        })
+        .unwrap();
+    let start = Instant::now();
+    c.caches[0].set(&key, "here").await.unwrap();
+    assert!(
+        c.caches[1].holds_locally(&key),
+        "node 1 served the forwarded write itself"
+    );
+    assert!(!c.caches[2].holds_locally(&key), "and did not pass it on");
+    assert_eq!(
+        c.caches[0].get(&key).await.unwrap().as_deref(),
+        Some(&b"here"[..])
+    );
+    let loads = Arc::new(AtomicU64::new(0));
+    let v = c.caches[0]
+        .get_or_load(
+            &format!("{key}-load"),
+            loader_counting(loads, "x", Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert_eq!(&v[..], b"x");
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttls_hold_across_nodes_and_hot_copies() {
+    let c = cluster(3, true).await;
+    let key = (0..)
+        .map(|i| format!("t{i}"))
+        .find(|k| c.owner_index(k) == 0)
+        .unwrap();
+    c.caches[1]
+        .set_with_ttl(&key, "brief", Duration::from_millis(300))
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        for cache in &c.caches {
+            assert!(cache.get(&key).await.unwrap().is_some());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for (i, cache) in c.caches.iter().enumerate() {
+        assert_eq!(
+            cache.get(&key).await.unwrap(),
+            None,
+            "node {i} still has it"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_one_node_is_seen_by_every_nodes_next_read() {
+    let c = cluster(3, true).await;
+    let key = (0..)
+        .map(|i| format!("x{i}"))
+        .find(|k| c.owner_index(k) == 0)
+        .unwrap();
+    c.caches[0].set(&key, "v1").await.unwrap();
+    // Non-owners read it often enough to keep hot copies.
+    for _ in 0..20 {
+        for cache in &c.caches {
+            cache.get(&key).await.unwrap();
+        }
+    }
+    c.caches[1].sync().await;
+    c.caches[2].sync().await;
+    assert!(
+        c.caches[1].holds_hot_copy(&key) || c.caches[2].holds_hot_copy(&key),
+        "hot copies were kept"
+    );
+    assert!(c.caches[2].delete(&key).await.unwrap());
+    for (i, cache) in c.caches.iter().enumerate() {
+        assert_eq!(
+            cache.get(&key).await.unwrap(),
+            None,
+            "node {i} served a deleted value"
+        );
+    }
+    // And an update replaces hot copies everywhere.
+    c.caches[0].set(&key, "v2").await.unwrap();
+    for _ in 0..5 {
+        for cache in &c.caches {
+            cache.get(&key).await.unwrap();
+        }
+    }
+    c.caches[1].set(&key, "v3").await.unwrap();
+    for (i, cache) in c.caches.iter().enumerate() {
+        assert_eq!(
+            cache.get(&key).await.unwrap().as_deref(),
+            Some(&b"v3"[..]),
+            "node {i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peer_input_is_refused_with_json_errors() {
+    let c = cluster(2, false).await;
+    let base = &c.urls[1];
+    let http = reqwest::Client::new();
+    let long = "k".repeat(2000);
+    let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
+        (http.get(format!("{base}/v1/peer/cache/a")), 401),
+        (
+            http.get(format!("{base}/v1/peer/cache/a"))
+                .bearer_auth("wrong"),
+            401,
+        ),
+        (
+            http.get(format!("{base}/v1/peer/cache/{long}"))
+                .bearer_auth(TOKEN),
+            413,
+        ),
+        (
+            http.put(format!("{base}/v1/peer/cache/a"))
+                .bearer_auth(TOKEN)
+                .body(vec![0u8; 2 * 1024 * 1024]),
+            413,
+        ),
+        (
+            http.put(format!("{base}/v1/peer/cache/a"))
+                .bearer_auth(TOKEN)
+                .header("x-distkit-ttl-ms", "soon")
+                .body("v"),
+            400,
+        ),
+        (
+            http.get(format!("{base}/v1/peer/cache/%FF%FE"))
+                .bearer_auth(TOKEN),
+            400,
+        ),
+        (
+            http.post(format!("{base}/v1/peer/invalidate"))
+                .bearer_auth(TOKEN)
+                .body("{nope"),
+            400,
+        ),
+        (
+            http.post(format!("{base}/v1/peer/invalidate"))
+                .bearer_auth(TOKEN)
+                .json(&serde_json::json!({"from": "stranger", "seq": 1, "keys": []})),
+            400,
+        ),
+        (
+            http.post(format!("{base}/v1/peer/cache/a/abandon"))
+                .bearer_auth(TOKEN),
+            400,
+        ),
+    ];
+    for (i, (req, want)) in cases.into_iter().enumerate() {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "case {i}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(body["error"].is_string(), "case {i}");
+    }
+    // The node still serves.
+    c.caches[0].set("after", "ok").await.unwrap();
+    assert_eq!(
+        c.caches[1].get("after").await.unwrap().as_deref(),
+        Some(&b"ok"[..])
+    );
+}

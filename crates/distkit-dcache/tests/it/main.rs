@@ -1,0 +1,4 @@
+//! Public-API tests of distkit-dcache on real nodes talking HTTP on loopback.
+
+mod cluster;
+mod local;
