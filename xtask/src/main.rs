@@ -11,6 +11,9 @@ const TASKS: &str = "\
 cargo xtask <task>
 
 tasks:
+  demo               build distkit-node and run the IoT demo: a 3-node cluster on loopback
+                     (with a private redis-server when one is installed), 10,000 devices,
+                     a fenced firmware roll-out, a killed leader; exits 0 when all checks pass
   test               install redis-server if missing (root on Debian), then run every test:
                      unit, integration and doc tests of the whole workspace
   proptest [--cases N]
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
             print!("{TASKS}");
             return ExitCode::SUCCESS;
         }
+        Some("demo") => demo(),
         Some("test") => test(),
         Some("proptest") => proptest(&args[1..]),
         Some("bench") => bench(&args[1..]),
@@ -48,6 +52,22 @@ fn main() -> ExitCode {
             eprintln!("xtask: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn demo() -> Result {
+    cargo(&["build", "--locked", "-p", "distkit-node"], &[])?;
+    let exe = workspace_root().join("target/debug/distkit-node");
+    let exe = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or(exe, |d| PathBuf::from(d).join("debug/distkit-node"));
+    let status = Command::new(&exe)
+        .arg("demo")
+        .status()
+        .map_err(|e| format!("could not run {}: {e}", exe.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the demo failed ({status})"))
     }
 }
 

@@ -389,6 +389,23 @@ impl DistributedCache {
         self.inner.hot.as_ref().is_some_and(|h| h.contains_key(key))
     }
 
+    /// Each member's share of the key space in this node's view of the ring.
+    #[must_use]
+    pub fn ring_shares(&self) -> Vec<(NodeId, f64)> {
+        let ring = self
+            .inner
+            .ring
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<(NodeId, f64)> = ring
+            .shares()
+            .into_iter()
+            .map(|(n, s)| (n.id().clone(), s))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// Entries in the local tier (approximate, as moka counts).
     #[must_use]
     pub fn local_len(&self) -> u64 {

@@ -1,0 +1,481 @@
+//! One running node: election, cache peer and lock service behind one HTTP listener.
+
+// Request helpers return the finished error response as their `Err`: built once per request
+// and returned straight to axum, never stored.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use distkit_core::{
+    AcquireOptions, DistributedLock, Error, LeaderElector, LockGuard, LockToken, NodeId,
+};
+use distkit_dcache::DistributedCache;
+use distkit_dlock::{LocalLock, RedisLock, Redlock};
+use distkit_election::{Config, Elector, FileVoteStore, HttpTransport, http_router};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use crate::settings::{LockBackend, Settings};
+
+/// JSON bodies are small; anything larger is refused with 413.
+const MAX_JSON: usize = 64 * 1024;
+
+struct App {
+    settings: Settings,
+    elector: Elector,
+    cache: DistributedCache,
+    locks: Arc<dyn DistributedLock>,
+    lock_backend: &'static str,
+    held: Mutex<HashMap<(String, LockToken), LockGuard>>,
+    http: reqwest::Client,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// Runs a node until `shutdown` completes, then resigns leadership, finishes in-flight
+/// requests and releases the locks it holds for clients.
+///
+/// # Errors
+///
+/// Bad settings, an unreadable vote file, or a listener that cannot be bound.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    std::fs::create_dir_all(&settings.data_dir).map_err(|e| Error::Storage {
+        path: settings.data_dir.display().to_string(),
+        reason: "cannot create the data directory".into(),
+        source: Some(Box::new(e)),
+    })?;
+    let (locks, lock_backend): (Arc<dyn DistributedLock>, &'static str) = match &settings.locks {
+        LockBackend::InProcess => {
+            tracing::warn!(
+                "no --redis or --redlock given: locks are in-process and coordinate only clients of this node"
+            );
+            (
+                Arc::new(LocalLock::new(Duration::from_secs(30))?),
+                "in-process",
+            )
+        }
+        LockBackend::Redis(url) => (Arc::new(RedisLock::new(url.clone())?), "redis"),
+        LockBackend::Redlock(urls) => {
+            (Arc::new(Redlock::builder(urls.clone()).build()?), "redlock")
+        }
+    };
+    tracing::info!(id = %settings.id, listen = %settings.listen, locks = lock_backend, peers = settings.peers.len(), "starting node");
+    let elector = if settings.peers.is_empty() {
+        None
+    } else {
+        let transport = HttpTransport::new(
+            settings.peers.clone(),
+            settings.token.clone(),
+            Duration::from_millis(200),
+        )?;
+        let cfg = Config::builder(
+            settings.id.clone(),
+            settings.peers.iter().map(|(id, _)| id.clone()),
+        )
+        .election_timeout(settings.election_timeout.0, settings.election_timeout.1)
+        .heartbeat(settings.heartbeat)
+        .build()?;
+        let store = FileVoteStore::new(settings.data_dir.join("vote.json"));
+        Some(Elector::start(cfg, Arc::new(store), Arc::new(transport))?)
+    };
+    let Some(elector) = elector else {
+        return Err(Error::invalid_input(
+            "peers",
+            "a node needs at least one peer to elect a leader",
+        ));
+    };
+    let mut cache = DistributedCache::builder(settings.id.clone())
+        .max_entries(settings.cache_entries)
+        .token(settings.token.clone());
+    if let Some(ttl) = settings.cache_ttl {
+        cache = cache.ttl(ttl);
+    }
+    for (id, url) in &settings.peers {
+        cache = cache.peer(id.clone(), url.clone());
+    }
+    let cache = cache.build()?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    let app = Arc::new(App {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .map_err(|e| Error::invalid_input("http client", e.to_string()))?,
+        settings,
+        elector,
+        cache,
+        locks,
+        lock_backend,
+        held: Mutex::new(HashMap::new()),
+        metrics,
+    });
+    let router = Router::new()
+        .route(
+            "/v1/cache/{key}",
+            get(cache_get).put(cache_put).delete(cache_delete),
+        )
+        .route("/v1/locks/{name}", post(lock_acquire).delete(lock_release))
+        .route("/v1/locks/{name}/extend", post(lock_extend))
+        .route("/v1/cluster", get(cluster))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(app.clone())
+        .merge(http_router(app.elector.inbox(), app.settings.token.clone()))
+        .merge(app.cache.router());
+    let listener = TcpListener::bind(app.settings.listen).await.map_err(|e| {
+        Error::unavailable(
+            app.settings.listen.to_string(),
+            "cannot listen (is the port taken?)",
+            e,
+        )
+    })?;
+    tracing::info!(addr = %app.settings.listen, "listening");
+    let stopping = app.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: resigning and releasing held locks");
+            let _ = stopping.elector.resign().await;
+        })
+        .await
+        .map_err(|e| Error::unavailable("listener", "the server failed", e))?;
+    let guards: Vec<LockGuard> = app
+        .held
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .drain()
+        .map(|(_, g)| g)
+        .collect();
+    for g in guards {
+        let _ = g.release().await;
+    }
+    app.elector.stop().await;
+    Ok(())
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn from_error(e: &Error) -> Response {
+    let status = match e {
+        Error::InvalidInput { reason, .. } if reason.contains("limit") => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+        Error::Busy { .. } => StatusCode::CONFLICT,
+        Error::NotHeld { .. } => StatusCode::CONFLICT,
+        Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    error(status, &e.to_string())
+}
+
+fn path(p: Result<Path<String>, PathRejection>) -> Result<String, Response> {
+    p.map(|Path(s)| s)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad path: {e}")))
+}
+
+async fn json_body<T: serde::de::DeserializeOwned + Default>(body: Body) -> Result<T, Response> {
+    let bytes = axum::body::to_bytes(body, MAX_JSON).await.map_err(|_| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("JSON bodies are at most {MAX_JSON} bytes"),
+        )
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&bytes)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("malformed JSON: {e}")))
+}
+
+async fn cache_get(
+    State(app): State<Arc<App>>,
+    key: Result<Path<String>, PathRejection>,
+) -> Response {
+    let key = match path(key) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match app.cache.get(&key).await {
+        Ok(Some(v)) => ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "not cached"),
+        Err(e) => from_error(&e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct TtlQuery {
+    ttl_ms: Option<u64>,
+}
+
+async fn cache_put(
+    State(app): State<Arc<App>>,
+    key: Result<Path<String>, PathRejection>,
+    query: Result<Query<TtlQuery>, QueryRejection>,
+    body: Body,
+) -> Response {
+    let key = match path(key) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ttl_ms must be a whole number of milliseconds",
+        );
+    };
+    let limit = distkit_dcache::DEFAULT_MAX_VALUE;
+    let Ok(value) = axum::body::to_bytes(body, limit).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("values are at most {limit} bytes"),
+        );
+    };
+    let r = match q.ttl_ms {
+        Some(0) => return error(StatusCode::BAD_REQUEST, "ttl_ms must be greater than zero"),
+        Some(ms) => {
+            app.cache
+                .set_with_ttl(&key, value, Duration::from_millis(ms))
+                .await
+        }
+        None => app.cache.set(&key, value).await,
+    };
+    match r {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => from_error(&e),
+    }
+}
+
+async fn cache_delete(
+    State(app): State<Arc<App>>,
+    key: Result<Path<String>, PathRejection>,
+) -> Response {
+    let key = match path(key) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match app.cache.delete(&key).await {
+        Ok(deleted) => axum::Json(serde_json::json!({ "deleted": deleted })).into_response(),
+        Err(e) => from_error(&e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AcquireBody {
+    ttl_ms: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    token: Option<String>,
+    ttl_ms: Option<u64>,
+}
+
+async fn lock_acquire(
+    State(app): State<Arc<App>>,
+    name: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Response {
+    let name = match path(name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let req: AcquireBody = match json_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut opts = AcquireOptions::new();
+    if let Some(ms) = req.ttl_ms {
+        opts = opts.ttl(Duration::from_millis(ms));
+    }
+    if let Some(ms) = req.wait_ms {
+        opts = opts.wait(Duration::from_millis(ms.min(60_000)));
+    }
+    match app.locks.acquire_with(&name, opts).await {
+        Ok(guard) => {
+            let body = serde_json::json!({
+                "name": name,
+                "token": guard.token().to_string(),
+                "fencing_token": guard.fencing_token().get(),
+                "ttl_ms": guard.lease().ttl().as_millis() as u64,
+            });
+            app.held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert((name, guard.token()), guard);
+            axum::Json(body).into_response()
+        }
+        Err(e) => from_error(&e),
+    }
+}
+
+fn held_guard(app: &App, name: &str, token: Option<&str>) -> Result<LockGuard, Response> {
+    let token: LockToken = token
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "the body needs the lock's token"))?
+        .parse()
+        .map_err(|e: Error| error(StatusCode::BAD_REQUEST, &e.to_string()))?;
+    app.held
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&(name.to_owned(), token))
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                "no lock with that name and token is held through this node",
+            )
+        })
+}
+
+async fn lock_release(
+    State(app): State<Arc<App>>,
+    name: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Response {
+    let name = match path(name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let req: TokenBody = match json_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let guard = match held_guard(&app, &name, req.token.as_deref()) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    match guard.release().await {
+        Ok(released) => axum::Json(serde_json::json!({ "released": released })).into_response(),
+        Err(e) => from_error(&e),
+    }
+}
+
+async fn lock_extend(
+    State(app): State<Arc<App>>,
+    name: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Response {
+    let name = match path(name) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let req: TokenBody = match json_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut guard = match held_guard(&app, &name, req.token.as_deref()) {
+        Ok(g) => g,
+        Err(r) => return r,
+    };
+    let ttl = Duration::from_millis(req.ttl_ms.unwrap_or(30_000));
+    let r = guard.extend(ttl).await;
+    let token = guard.token();
+    match r {
+        Ok(()) => {
+            app.held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert((name, token), guard);
+            axum::Json(serde_json::json!({ "extended": true, "ttl_ms": ttl.as_millis() as u64 }))
+                .into_response()
+        }
+        Err(e) => {
+            // Lost: forget it (dropping releases nothing that is not ours).
+            drop(guard.into_lease());
+            from_error(&e)
+        }
+    }
+}
+
+async fn cluster(State(app): State<Arc<App>>) -> Response {
+    // Settle moka's pending bookkeeping so the entry count is exact.
+    app.cache.sync().await;
+    let l = app.elector.leadership();
+    let shares: HashMap<NodeId, f64> = app.cache.ring_shares().into_iter().collect();
+    let probes = app.settings.peers.iter().map(|(id, url)| {
+        let http = app.http.clone();
+        let url = format!("{url}/healthz");
+        async move {
+            let ok = http
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            (id.clone(), ok)
+        }
+    });
+    let health: HashMap<NodeId, bool> = futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .collect();
+    let mut members = vec![serde_json::json!({
+        "id": app.settings.id,
+        "url": format!("http://{}", app.settings.listen),
+        "healthy": true,
+        "ring_share": shares.get(&app.settings.id).copied().unwrap_or(0.0),
+    })];
+    for (id, url) in &app.settings.peers {
+        members.push(serde_json::json!({
+            "id": id,
+            "url": url,
+            "healthy": health.get(id).copied().unwrap_or(false),
+            "ring_share": shares.get(id).copied().unwrap_or(0.0),
+        }));
+    }
+    axum::Json(serde_json::json!({
+        "id": app.settings.id,
+        "role": l.role,
+        "leader": l.leader,
+        "term": l.term,
+        "lease": app.elector.is_leader_with_lease(),
+        "lock_backend": app.lock_backend,
+        "local_entries": app.cache.local_len(),
+        "members": members,
+    }))
+    .into_response()
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.elector.leader_id() {
+        Some(leader) => {
+            axum::Json(serde_json::json!({ "ready": true, "leader": leader })).into_response()
+        }
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "no leader known yet"),
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    match &app.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed in this process",
+        ),
+    }
+}

@@ -1,0 +1,326 @@
+//! Node settings: defaults, then a TOML file, then environment variables, then flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use distkit_core::{Error, NodeId};
+use serde::Deserialize;
+
+/// `distkit-node`: one node of a distkit cluster.
+///
+/// A node runs leader election (Raft-style, over HTTP), a distributed cache peer and a lock
+/// service, all behind one HTTP listener. Settings come from defaults, then the TOML file
+/// given with --config, then DISTKIT_* environment variables, then flags.
+#[derive(Debug, Parser)]
+#[command(name = "distkit-node", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run (default: a node).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Node settings.
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the IoT demo: start a 3-node cluster of this binary on loopback, play the
+    /// scenario, print a summary, and clean up. Exits 0 only when every check passed.
+    Demo {
+        /// Devices that write their state into the cache.
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+    },
+}
+
+/// Flags (each also settable through the environment variable shown).
+#[derive(Debug, Args, Default)]
+pub struct NodeArgs {
+    /// TOML file with the node's settings (flags and environment override it).
+    #[arg(short, long, env = "DISTKIT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id: unique in the cluster, printable, at most 255 bytes.
+    #[arg(long, env = "DISTKIT_ID")]
+    pub id: Option<String>,
+    /// Address to listen on for the public API and the peer routes, e.g. 127.0.0.1:7001.
+    #[arg(long, env = "DISTKIT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Shared cluster token that peers present to each other (required with peers).
+    #[arg(long, env = "DISTKIT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A peer as ID=URL, e.g. node-2=http://127.0.0.1:7002; repeat for each peer (the
+    /// environment variable takes a comma-separated list).
+    #[arg(long = "peer", env = "DISTKIT_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Redis URL for the lock service (redis://host:port/). Without --redis or --redlock,
+    /// locks are in-process: valid only within this node.
+    #[arg(long, env = "DISTKIT_REDIS")]
+    pub redis: Option<String>,
+    /// Redis URLs for Redlock (comma-separated; use 3 or 5 independent servers).
+    #[arg(long, env = "DISTKIT_REDLOCK", value_delimiter = ',')]
+    pub redlock: Vec<String>,
+    /// Directory for the durable election vote (created if missing).
+    #[arg(long, env = "DISTKIT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Cache capacity in entries.
+    #[arg(long, env = "DISTKIT_CACHE_ENTRIES")]
+    pub cache_entries: Option<u64>,
+    /// Default cache TTL in milliseconds (0: none).
+    #[arg(long, env = "DISTKIT_CACHE_TTL_MS")]
+    pub cache_ttl_ms: Option<u64>,
+}
+
+/// The TOML file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    id: Option<String>,
+    listen: Option<SocketAddr>,
+    token: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    peers: Vec<PeerConfig>,
+    #[serde(default)]
+    locks: LocksConfig,
+    #[serde(default)]
+    cache: CacheConfig,
+    #[serde(default)]
+    election: ElectionConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerConfig {
+    id: String,
+    url: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocksConfig {
+    redis: Option<String>,
+    #[serde(default)]
+    redlock: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheConfig {
+    max_entries: Option<u64>,
+    ttl_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ElectionConfig {
+    timeout_min_ms: Option<u64>,
+    timeout_max_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+}
+
+/// Where the node's locks live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LockBackend {
+    /// In this process only.
+    InProcess,
+    /// One Redis server.
+    Redis(String),
+    /// Redlock over several.
+    Redlock(Vec<String>),
+}
+
+/// Resolved settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This node.
+    pub id: NodeId,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Cluster token.
+    pub token: String,
+    /// Peers: id and base URL.
+    pub peers: Vec<(NodeId, String)>,
+    /// Lock backend.
+    pub locks: LockBackend,
+    /// Vote directory.
+    pub data_dir: PathBuf,
+    /// Cache capacity.
+    pub cache_entries: u64,
+    /// Default cache TTL.
+    pub cache_ttl: Option<Duration>,
+    /// Election timeout range.
+    pub election_timeout: (Duration, Duration),
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+impl Settings {
+    /// Merges defaults, the file named by `args.config`, and `args` (flags and environment).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for an unreadable or malformed file, a bad id or peer, or a
+    /// missing token with peers.
+    pub fn resolve(args: &NodeArgs) -> Result<Self, Error> {
+        let file = match &args.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::invalid_input("config file", format!("{}: {e}", p.display()))
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| {
+                    Error::invalid_input("config file", format!("{}: {e}", p.display()))
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let id = NodeId::new(
+            args.id
+                .clone()
+                .or(file.id)
+                .unwrap_or_else(|| "node-1".into()),
+        )?;
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7001)));
+        let mut peers = Vec::new();
+        if args.peers.is_empty() {
+            for p in file.peers {
+                peers.push((NodeId::new(&p.id)?, p.url));
+            }
+        } else {
+            for p in &args.peers {
+                let (pid, url) = p
+                    .split_once('=')
+                    .ok_or_else(|| Error::invalid_input("peer", format!("{p:?} must be ID=URL")))?;
+                peers.push((NodeId::new(pid)?, url.to_owned()));
+            }
+        }
+        let token = args.token.clone().or(file.token).unwrap_or_default();
+        if !peers.is_empty() && token.is_empty() {
+            return Err(Error::invalid_input(
+                "token",
+                "a cluster with peers needs --token (or DISTKIT_TOKEN)",
+            ));
+        }
+        let redlock = if args.redlock.is_empty() {
+            file.locks.redlock
+        } else {
+            args.redlock.clone()
+        };
+        let locks = match (args.redis.clone().or(file.locks.redis), redlock.is_empty()) {
+            (Some(_), false) => {
+                return Err(Error::invalid_input(
+                    "locks",
+                    "give either --redis or --redlock, not both",
+                ));
+            }
+            (Some(url), true) => LockBackend::Redis(url),
+            (None, false) => LockBackend::Redlock(redlock),
+            (None, true) => LockBackend::InProcess,
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(format!("./distkit-data/{id}")));
+        let ms = Duration::from_millis;
+        let ttl_ms = args.cache_ttl_ms.or(file.cache.ttl_ms).unwrap_or(3_600_000);
+        Ok(Self {
+            id,
+            listen,
+            token,
+            peers,
+            locks,
+            data_dir,
+            cache_entries: args
+                .cache_entries
+                .or(file.cache.max_entries)
+                .unwrap_or(100_000),
+            cache_ttl: (ttl_ms > 0).then(|| ms(ttl_ms)),
+            election_timeout: (
+                ms(file.election.timeout_min_ms.unwrap_or(150)),
+                ms(file.election.timeout_max_ms.unwrap_or(300)),
+            ),
+            heartbeat: ms(file.election.heartbeat_ms.unwrap_or(50)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir =
+            std::env::temp_dir().join(format!("distkit-node-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("n.toml");
+        std::fs::write(
+            &path,
+            r#"
+id = "from-file"
+listen = "127.0.0.1:7100"
+token = "t"
+[[peers]]
+id = "b"
+url = "http://127.0.0.1:7101"
+[locks]
+redis = "redis://127.0.0.1:6379/"
+[cache]
+max_entries = 5
+"#,
+        )
+        .unwrap();
+        let args = NodeArgs {
+            config: Some(path.clone()),
+            id: Some("from-flag".into()),
+            ..NodeArgs::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.id.as_str(), "from-flag");
+        assert_eq!(s.listen.port(), 7100);
+        assert_eq!(s.peers.len(), 1);
+        assert_eq!(
+            s.locks,
+            LockBackend::Redis("redis://127.0.0.1:6379/".into())
+        );
+        assert_eq!(s.cache_entries, 5);
+        std::fs::write(&path, "bogus = 1").unwrap();
+        assert!(
+            Settings::resolve(&args).is_err(),
+            "unknown keys are refused"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn bad_flags() {
+        let peers = NodeArgs {
+            peers: vec!["b=http://x:1".into()],
+            ..NodeArgs::default()
+        };
+        assert!(Settings::resolve(&peers).is_err(), "peers without a token");
+        let bad = NodeArgs {
+            peers: vec!["no-equals".into()],
+            token: Some("t".into()),
+            ..NodeArgs::default()
+        };
+        assert!(Settings::resolve(&bad).is_err());
+        let both = NodeArgs {
+            redis: Some("redis://a/".into()),
+            redlock: vec!["redis://b/".into()],
+            ..NodeArgs::default()
+        };
+        assert!(Settings::resolve(&both).is_err());
+        let id = NodeArgs {
+            id: Some(String::new()),
+            ..NodeArgs::default()
+        };
+        assert!(Settings::resolve(&id).is_err());
+    }
+}
