@@ -2,4 +2,5 @@
 //! real OS processes.
 
 mod dlock;
+mod node;
 mod umbrella;

@@ -54,10 +54,13 @@
 )]
 #![forbid(unsafe_code)]
 
+mod cli;
 pub mod demo;
 mod node;
 mod settings;
 
+#[doc(inline)]
+pub use cli::cli_main;
 #[doc(inline)]
 pub use node::run;
 #[doc(inline)]

@@ -50,6 +50,10 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // Installed first: components take their metric handles when they are built.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
     std::fs::create_dir_all(&settings.data_dir).map_err(|e| Error::Storage {
         path: settings.data_dir.display().to_string(),
         reason: "cannot create the data directory".into(),
@@ -105,9 +109,6 @@ pub async fn run(
         cache = cache.peer(id.clone(), url.clone());
     }
     let cache = cache.build()?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .ok();
     let app = Arc::new(App {
         http: reqwest::Client::builder()
             .timeout(Duration::from_millis(300))

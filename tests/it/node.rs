@@ -1,0 +1,442 @@
+//! distkit-node processes on loopback: failover, pauses, restarts, bad input.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const NODE: &str = env!("CARGO_BIN_EXE_node-under-test");
+const TOKEN: &str = "node-test-token";
+
+struct Proc {
+    child: Option<Child>,
+    url: String,
+    port: u16,
+    data: PathBuf,
+}
+
+struct Cluster {
+    procs: Vec<Proc>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(c) = &mut p.child {
+                let _ = signal(c.id(), "CONT");
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("kill -{sig} failed")))
+    }
+}
+
+fn spawn(ports: &[u16], i: usize, data: &std::path::Path) -> Child {
+    let peers: Vec<String> = (0..ports.len())
+        .filter(|&j| j != i)
+        .map(|j| format!("node-{j}=http://127.0.0.1:{}", ports[j]))
+        .collect();
+    Command::new(NODE)
+        .args([
+            "--id",
+            &format!("node-{i}"),
+            "--listen",
+            &format!("127.0.0.1:{}", ports[i]),
+        ])
+        .args(["--token", TOKEN, "--peer", &peers.join(",")])
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the node binary starts")
+}
+
+impl Cluster {
+    fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..n)
+            .map(|_| distkit_testkit::free_port().unwrap())
+            .collect();
+        let procs = (0..n)
+            .map(|i| {
+                let data = dir.path().join(format!("node-{i}"));
+                Proc {
+                    child: Some(spawn(&ports, i, &data)),
+                    url: format!("http://127.0.0.1:{}", ports[i]),
+                    port: ports[i],
+                    data,
+                }
+            })
+            .collect();
+        Self {
+            procs,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let data = self.procs[i].data.clone();
+        self.procs[i].child = Some(spawn(&self.ports, i, &data));
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+async fn status(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(format!("{url}/v1/cluster"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// Polls every live node; returns (node, term) of leaders seen in this round.
+async fn leaders(http: &reqwest::Client, c: &Cluster, skip: &[usize]) -> Vec<(usize, u64)> {
+    let mut out = Vec::new();
+    for (i, p) in c.procs.iter().enumerate() {
+        if skip.contains(&i) || p.child.is_none() {
+            continue;
+        }
+        if let Some(s) = status(http, &p.url).await
+            && s["role"] == "leader"
+        {
+            out.push((i, s["term"].as_u64().unwrap_or(0)));
+        }
+    }
+    out
+}
+
+async fn wait_leader(
+    http: &reqwest::Client,
+    c: &Cluster,
+    skip: &[usize],
+    above: u64,
+    limit: Duration,
+) -> Option<(usize, u64, Duration)> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let l = leaders(http, c, skip).await;
+        if let Some(&(i, t)) = l.iter().max_by_key(|(_, t)| *t)
+            && t > above
+        {
+            return Some((i, t, start.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_leader_is_replaced_within_a_second_and_terms_never_have_two_leaders() {
+    let mut c = Cluster::start(3);
+    let http = client();
+    let (leader, term, _) = wait_leader(&http, &c, &[], 0, Duration::from_secs(15))
+        .await
+        .expect("a leader");
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    c.kill(leader);
+    let killed = Instant::now();
+    let mut replaced = None;
+    while killed.elapsed() < Duration::from_secs(3) {
+        for (i, t) in leaders(&http, &c, &[leader]).await {
+            let first = *seen.entry(t).or_insert(i);
+            assert_eq!(first, i, "two leaders in term {t}");
+            if t > term && replaced.is_none() {
+                replaced = Some(killed.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = replaced.expect("a new leader");
+    assert!(took < Duration::from_secs(1), "failover took {took:?}");
+}
+
+/// The resource side of fencing: refuses tokens below the largest accepted.
+#[derive(Default)]
+struct Fenced {
+    highest: u64,
+    log: Vec<(u64, &'static str)>,
+}
+
+impl Fenced {
+    fn write(&mut self, token: u64, what: &'static str) -> Result<(), String> {
+        if token < self.highest {
+            return Err(format!("stale token {token} < {}", self.highest));
+        }
+        self.highest = token;
+        self.log.push((token, what));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_steps_down_and_its_old_token_is_refused() {
+    let c = Cluster::start(3);
+    let http = client();
+    let (old, term, _) = wait_leader(&http, &c, &[], 0, Duration::from_secs(15))
+        .await
+        .expect("a leader");
+    let mut resource = Fenced::default();
+    resource.write(term, "old leader before the pause").unwrap();
+    let pid = c.procs[old].child.as_ref().unwrap().id();
+    signal(pid, "STOP").unwrap(); // a 2 s GC pause
+    let (new, new_term, _) = wait_leader(&http, &c, &[old], term, Duration::from_secs(2))
+        .await
+        .expect("a new leader during the pause");
+    assert_ne!(new, old);
+    resource.write(new_term, "new leader").unwrap();
+    tokio::time::sleep(Duration::from_millis(2000).saturating_sub(Duration::from_millis(300)))
+        .await;
+    signal(pid, "CONT").unwrap();
+    // It notices on its own (CheckQuorum or the new leader's heartbeat) and steps down.
+    let start = Instant::now();
+    loop {
+        if let Some(s) = status(&http, &c.procs[old].url).await
+            && s["role"] != "leader"
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the paused leader did not step down"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And it learns the new term from the new leader.
+    let start = Instant::now();
+    while status(&http, &c.procs[old].url)
+        .await
+        .and_then(|s| s["term"].as_u64())
+        .unwrap_or(0)
+        < new_term
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the old leader never learned the new term"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Whatever it attempts with its old term as fencing token is refused.
+    assert!(resource.write(term, "old leader after the pause").is_err());
+    assert_eq!(resource.log.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_persisted_term_and_vote() {
+    let mut c = Cluster::start(3);
+    let http = client();
+    let (leader, _, _) = wait_leader(&http, &c, &[], 0, Duration::from_secs(15))
+        .await
+        .expect("a leader");
+    let victim = (leader + 1) % 3;
+    let vote_file = c.procs[victim].data.join("vote.json");
+    let before: Value =
+        serde_json::from_slice(&std::fs::read(&vote_file).expect("the vote was persisted"))
+            .unwrap();
+    let persisted_term = before["term"].as_u64().unwrap();
+    assert!(persisted_term >= 1);
+    c.kill(victim);
+    c.restart(victim);
+    let start = Instant::now();
+    let s = loop {
+        if let Some(s) = status(&http, &c.procs[victim].url).await {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the node did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        s["term"].as_u64().unwrap() >= persisted_term,
+        "restarted at term {} < {persisted_term}",
+        s["term"]
+    );
+    let after: Value = serde_json::from_slice(&std::fs::read(&vote_file).unwrap()).unwrap();
+    if after["term"] == before["term"] {
+        assert_eq!(
+            after["voted_for"], before["voted_for"],
+            "no second vote in one term"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
+    let c = Cluster::start(3);
+    let http = client();
+    wait_leader(&http, &c, &[], 0, Duration::from_secs(15))
+        .await
+        .expect("a leader");
+    let u = &c.procs[0].url;
+    let long_key = "k".repeat(2000);
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            http.post(format!("{u}/v1/locks/a")).body("{\"ttl_ms\": "),
+            400,
+            "malformed JSON",
+        ),
+        (
+            http.post(format!("{u}/v1/locks/a"))
+                .body(vec![b' '; 100 * 1024]),
+            413,
+            "body over the limit",
+        ),
+        (
+            http.post(format!("{u}/v1/locks/a")).body("{\"ttl\": 5}"),
+            400,
+            "unknown field",
+        ),
+        (
+            http.post(format!("{u}/v1/election/message")).body("{}"),
+            401,
+            "missing token",
+        ),
+        (
+            http.post(format!("{u}/v1/election/message"))
+                .bearer_auth("wrong")
+                .body("{}"),
+            401,
+            "wrong token",
+        ),
+        (
+            http.get(format!("{u}/v1/peer/cache/x"))
+                .bearer_auth("wrong"),
+            401,
+            "wrong peer token",
+        ),
+        (
+            http.get(format!("{u}/v1/cache/{long_key}")),
+            413,
+            "oversized key",
+        ),
+        (
+            http.get(format!("{u}/v1/cache/%FF%FE")),
+            400,
+            "invalid UTF-8 in the path",
+        ),
+        (
+            http.delete(format!("{u}/v1/locks/a"))
+                .body(format!("{{\"token\": \"{}\"}}", "0".repeat(32))),
+            404,
+            "unknown lock token",
+        ),
+        (
+            http.delete(format!("{u}/v1/locks/a"))
+                .body("{\"token\": \"nope\"}"),
+            400,
+            "malformed lock token",
+        ),
+        (
+            http.put(format!("{u}/v1/cache/a?ttl_ms=soon")).body("v"),
+            400,
+            "bad ttl",
+        ),
+        (
+            http.get(format!("{u}/v1/nothing-here")),
+            404,
+            "unknown route",
+        ),
+    ];
+    for (req, want, what) in cases {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{what}");
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(body["error"].is_string(), "{what}: JSON error body");
+    }
+    // Everything else still works.
+    let r = http
+        .put(format!("{u}/v1/cache/device:1"))
+        .body("on")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let v = http
+        .get(format!("{}/v1/cache/device:1", c.procs[1].url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v.bytes().await.unwrap().as_ref(), b"on");
+    let grant: Value = http
+        .post(format!("{u}/v1/locks/a"))
+        .body("{\"ttl_ms\": 5000}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = grant["token"].as_str().unwrap().to_owned();
+    assert!(grant["fencing_token"].as_u64().unwrap() > 0);
+    let ext: Value = http
+        .post(format!("{u}/v1/locks/a/extend"))
+        .body(format!("{{\"token\": \"{token}\", \"ttl_ms\": 9000}}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ext["extended"], true);
+    let rel: Value = http
+        .delete(format!("{u}/v1/locks/a"))
+        .body(format!("{{\"token\": \"{token}\"}}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rel["released"], true);
+    let health = http.get(format!("{u}/healthz")).send().await.unwrap();
+    assert!(health.status().is_success());
+    let metrics = http
+        .get(format!("{u}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("distkit_dcache"),
+        "prometheus text: {metrics}"
+    );
+    let _ = c.procs[0].port;
+}
