@@ -267,6 +267,32 @@ async fn watchdog_reports_loss_when_the_key_is_deleted() {
 }
 
 #[tokio::test]
+async fn watchdog_survives_a_dropped_connection() {
+    let (server, lock) = server_and_lock(Duration::from_millis(600));
+    let g = lock
+        .acquire_with("reconnect", AcquireOptions::new().watchdog(true))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Drop every client connection, as a proxy restart or network blip would.
+    let killed = server
+        .command(&["CLIENT", "KILL", "TYPE", "normal"])
+        .unwrap();
+    assert!(matches!(killed, Reply::Integer(n) if n >= 1), "{killed:?}");
+    tokio::time::sleep(Duration::from_millis(1800)).await; // three ttls
+    assert_eq!(
+        g.status(),
+        LeaseStatus::Held,
+        "renewals resumed on a new connection"
+    );
+    assert!(g.is_held().await.unwrap());
+    let stored = server
+        .command(&["GET", "distkit:lock:{reconnect}"])
+        .unwrap();
+    assert_eq!(stored.as_text().unwrap(), g.token().to_string());
+}
+
+#[tokio::test]
 async fn watchdog_reports_loss_when_redis_is_gone() {
     let (mut server, lock) = server_and_lock(Duration::from_millis(300));
     let g = lock
