@@ -122,8 +122,9 @@ impl DistributedCacheBuilder {
         self
     }
 
-    /// How often peers' write sequence numbers are compared, bounding how long a hot copy can
-    /// outlive a lost invalidation (default 1 s).
+    /// How often maintenance runs (default 1 s): entries whose own TTL ran out are swept, and
+    /// peers' write sequence numbers are compared, bounding how long a hot copy can outlive a
+    /// lost invalidation.
     pub fn staleness_check(mut self, t: Duration) -> Self {
         self.staleness_check = t;
         self
@@ -198,16 +199,14 @@ impl DistributedCacheBuilder {
             suspect_for: self.suspect_for,
             flights: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            own_ttls: std::sync::atomic::AtomicBool::new(false),
             seq: AtomicU64::new(0),
             seen: Mutex::new(HashMap::new()),
             suspects: Mutex::new(HashMap::new()),
             metrics: Metrics::new(),
         });
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(staleness_checks(
-                Arc::downgrade(&inner),
-                self.staleness_check,
-            ));
+            handle.spawn(maintenance(Arc::downgrade(&inner), self.staleness_check));
         }
         Ok(DistributedCache { inner })
     }
@@ -240,6 +239,8 @@ pub(crate) struct Inner {
     flights: Mutex<HashMap<String, Flight>>,
     /// Non-owner side: this node's one request per key to its owner.
     pending: Mutex<HashMap<String, watch::Receiver<Pending>>>,
+    /// Set once an entry with a TTL of its own was stored: only then does maintenance sweep.
+    own_ttls: std::sync::atomic::AtomicBool,
     /// Writes to keys this node owns, for peers to notice missed invalidations.
     pub(crate) seq: AtomicU64,
     /// Per peer: the newest invalidation sequence number applied here.
@@ -377,7 +378,8 @@ impl DistributedCache {
         Ok(self.inner.owner(key))
     }
 
-    /// Whether this node holds `key` in its local tier (as owner); hot copies excluded.
+    /// Whether this node holds `key` in its local tier (as owner); hot copies excluded. An
+    /// entry whose own TTL ran out counts until it is read or swept.
     #[must_use]
     pub fn holds_locally(&self, key: &str) -> bool {
         self.inner.local.contains_key(key)
@@ -500,13 +502,21 @@ impl Inner {
         lock(&self.suspects).insert(id.clone(), Instant::now() + self.suspect_for);
     }
 
-    fn entry_ttl(&self, ttl: Option<Duration>) -> Option<Duration> {
-        ttl.or(self.default_ttl)
+    /// The entry to store: an explicit TTL is the entry's own (checked on read, swept);
+    /// otherwise the tier's default TTL applies and only travels on the wire.
+    fn entry(&self, value: Bytes, ttl: Option<Duration>) -> Entry {
+        match ttl {
+            Some(t) if self.default_ttl != Some(t) => {
+                self.own_ttls.store(true, Ordering::Relaxed);
+                Entry::with_own_ttl(value, t)
+            }
+            _ => Entry::new(value, self.default_ttl),
+        }
     }
 
     /// Owner: the local value, without going anywhere.
     pub(crate) async fn get_owned(&self, key: &str) -> Option<Entry> {
-        let e = self.local.get(key).await;
+        let e = local::live(&self.local, key).await;
         if e.is_some() {
             self.metrics.hit_local.increment(1);
         } else {
@@ -517,7 +527,7 @@ impl Inner {
 
     /// Owner: stores and tells peers to drop their hot copies.
     pub(crate) async fn set_owned(&self, key: &str, value: Bytes, ttl: Option<Duration>) {
-        let entry = Entry::new(value, self.entry_ttl(ttl));
+        let entry = self.entry(value, ttl);
         self.local.insert(key.to_owned(), entry).await;
         self.announce(key).await;
     }
@@ -580,7 +590,7 @@ impl Inner {
 
     /// Owner: join or start the load of `key`.
     pub(crate) async fn claim(&self, key: &str) -> Claim {
-        if let Some(e) = self.local.get(key).await {
+        if let Some(e) = local::live(&self.local, key).await {
             self.metrics.hit_local.increment(1);
             return Claim::Hit(e);
         }
@@ -622,7 +632,7 @@ impl Inner {
         let stored = value.is_some();
         let outcome = match value {
             Some((v, ttl)) => {
-                let entry = Entry::new(v, self.entry_ttl(ttl));
+                let entry = self.entry(v, ttl);
                 self.local.insert(key.to_owned(), entry.clone()).await;
                 Outcome::Value(entry)
             }
@@ -849,12 +859,13 @@ impl Inner {
         if life.is_zero() {
             return;
         }
-        hot.insert(key.to_owned(), Entry::new(v.clone(), Some(life)))
+        self.own_ttls.store(true, Ordering::Relaxed);
+        hot.insert(key.to_owned(), Entry::with_own_ttl(v.clone(), life))
             .await;
     }
 
     async fn hot_get(&self, key: &str) -> Option<Bytes> {
-        let e = self.hot.as_ref()?.get(key).await?;
+        let e = local::live(self.hot.as_ref()?, key).await?;
         self.metrics.hit_hot.increment(1);
         Some(e.value)
     }
@@ -957,15 +968,19 @@ impl Inner {
     }
 }
 
-/// Every `every`, compares each peer's write sequence number with the invalidations applied
-/// here; when one seen in the previous round still has not arrived, messages were lost and
-/// every hot copy is dropped.
-async fn staleness_checks(inner: Weak<Inner>, every: Duration) {
+/// Every `every`: sweeps entries whose own TTL ran out, and compares each peer's write
+/// sequence number with the invalidations applied here; when one seen in the previous round
+/// still has not arrived, messages were lost and every hot copy is dropped.
+async fn maintenance(inner: Weak<Inner>, every: Duration) {
     let mut expected: HashMap<NodeId, u64> = HashMap::new();
     loop {
         tokio::time::sleep(every).await;
         let Some(inner) = inner.upgrade() else { return };
-        let Some(hot) = inner.hot.clone() else { return };
+        local::sweep(&inner.local).await;
+        let Some(hot) = inner.hot.clone() else {
+            continue;
+        };
+        local::sweep(&hot).await;
         let peers: Vec<(NodeId, String)> = inner
             .peers
             .read()

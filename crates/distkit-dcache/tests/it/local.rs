@@ -32,6 +32,30 @@ async fn per_entry_ttl_expires() {
 }
 
 #[tokio::test]
+async fn expired_entries_nobody_reads_are_swept() {
+    let cache = DistributedCache::builder(distkit_core::NodeId::new("n").unwrap())
+        .staleness_check(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    for i in 0..100 {
+        cache
+            .set_with_ttl(&format!("k{i}"), "v", Duration::from_millis(50))
+            .await
+            .unwrap();
+    }
+    cache.set("keeper", "v").await.unwrap();
+    cache.sync().await;
+    assert_eq!(cache.local_len(), 101);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cache.sync().await;
+    assert_eq!(
+        cache.local_len(),
+        1,
+        "the sweep removed what expired without a read"
+    );
+}
+
+#[tokio::test]
 async fn capacity_is_bounded() {
     let cache = DistributedCache::new(100, None).unwrap();
     for i in 0..1000 {
