@@ -84,6 +84,7 @@ mod error;
 mod ids;
 mod locate;
 mod lock;
+mod token;
 
 #[doc(inline)]
 pub use cache::{Cache, LoadFuture, Loaded, Loader};
@@ -97,6 +98,8 @@ pub use ids::{FencingToken, LockToken, MAX_NODE_ID_LEN, NodeId, Term};
 pub use locate::Locator;
 #[doc(inline)]
 pub use lock::{AcquireOptions, DistributedLock, Lease, LeaseStatus, LockGuard};
+#[doc(inline)]
+pub use token::ClusterToken;
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use distkit_core::{Cache, Error, Loader, NodeId};
+use distkit_core::{Cache, ClusterToken, Error, Loader, NodeId};
 use distkit_hashring::{HashRing, Node};
 use tokio::sync::watch;
 
@@ -192,7 +192,10 @@ impl DistributedCacheBuilder {
             alone: std::sync::atomic::AtomicBool::new(peers.is_empty()),
             peers: RwLock::new(peers),
             client,
-            token: self.token.unwrap_or_default().into(),
+            token: match self.token.as_deref() {
+                Some(t) => Some(ClusterToken::new(t)?),
+                None => None,
+            },
             max_key: self.max_key,
             max_value: self.max_value,
             load_timeout: self.load_timeout,
@@ -230,7 +233,8 @@ pub(crate) struct Inner {
     alone: std::sync::atomic::AtomicBool,
     peers: RwLock<HashMap<NodeId, String>>,
     pub(crate) client: PeerClient,
-    pub(crate) token: Arc<str>,
+    /// `None` without peers: then the peer routes refuse every request.
+    pub(crate) token: Option<ClusterToken>,
     pub(crate) max_key: usize,
     pub(crate) max_value: usize,
     load_timeout: Duration,
@@ -324,7 +328,7 @@ impl DistributedCache {
     /// [`Error::InvalidInput`] for a bad URL, a duplicate id, or a cache built without a
     /// token.
     pub fn add_node(&self, id: NodeId, url: &str) -> Result<(), Error> {
-        if self.inner.token.is_empty() {
+        if self.inner.token.is_none() {
             return Err(Error::invalid_input(
                 "cluster token",
                 "build the cache with a token before adding peers",

@@ -29,7 +29,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use distkit_core::{Error, NodeId};
+use distkit_core::{ClusterToken, Error, NodeId};
 use serde::Deserialize;
 
 use crate::cache::{Claim, Inner};
@@ -59,6 +59,7 @@ pub(crate) enum RemoteLoad {
 #[derive(Clone, Debug)]
 pub(crate) struct PeerClient {
     http: reqwest::Client,
+    /// What this node presents; empty when it has no peers (nothing is then sent).
     token: Arc<str>,
 }
 
@@ -345,7 +346,7 @@ fn admit(
     headers: &HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<String, Response> {
-    if !authorized(headers, &inner.token) {
+    if !authorized(headers, inner.token.as_ref()) {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "missing or wrong cluster token",
@@ -356,19 +357,11 @@ fn admit(
     Ok(key)
 }
 
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    if token.is_empty() {
-        return false;
-    }
-    let Some(given) = headers
+fn authorized(headers: &HeaderMap, token: Option<&ClusterToken>) -> bool {
+    let header = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .and_then(|v| v.to_str().ok());
+    token.is_some_and(|t| t.matches_authorization(header))
 }
 
 fn value_response(inner: &Inner, value: Bytes, ttl: Option<Duration>) -> Response {
@@ -542,7 +535,7 @@ struct Invalidation {
 }
 
 async fn invalidate(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Body) -> Response {
-    if !authorized(&headers, &inner.token) {
+    if !authorized(&headers, inner.token.as_ref()) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
     }
     let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
@@ -571,7 +564,7 @@ async fn invalidate(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: B
 }
 
 async fn seq(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
-    if !authorized(&headers, &inner.token) {
+    if !authorized(&headers, inner.token.as_ref()) {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
     }
     let seq = inner.seq.load(std::sync::atomic::Ordering::SeqCst);

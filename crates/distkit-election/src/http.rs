@@ -17,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use distkit_core::{Error, NodeId};
+use distkit_core::{ClusterToken, Error, NodeId};
 
 use crate::runtime::{Envelope, Inbox, Transport};
 
@@ -32,7 +32,7 @@ pub const MAX_BODY: usize = 16 * 1024;
 pub struct HttpTransport {
     client: reqwest::Client,
     peers: Arc<HashMap<NodeId, String>>,
-    token: Arc<str>,
+    token: ClusterToken,
 }
 
 impl HttpTransport {
@@ -48,10 +48,7 @@ impl HttpTransport {
         token: impl Into<String>,
         timeout: Duration,
     ) -> Result<Self, Error> {
-        let token = token.into();
-        if token.is_empty() {
-            return Err(Error::invalid_input("cluster token", "it is empty"));
-        }
+        let token = ClusterToken::new(token)?;
         if timeout.is_zero() {
             return Err(Error::invalid_input(
                 "timeout",
@@ -81,7 +78,7 @@ impl HttpTransport {
         Ok(Self {
             client,
             peers: Arc::new(peers),
-            token: token.into(),
+            token,
         })
     }
 }
@@ -99,7 +96,7 @@ impl Transport for HttpTransport {
         let resp = self
             .client
             .post(&url)
-            .bearer_auth(&*self.token)
+            .bearer_auth(self.token.expose())
             .json(&envelope)
             .send()
             .await
@@ -124,7 +121,8 @@ impl Transport for HttpTransport {
 #[derive(Clone)]
 struct RouterState {
     inbox: Inbox,
-    token: Arc<str>,
+    /// `None` when the configured token is invalid: every request is then refused.
+    token: Option<ClusterToken>,
 }
 
 /// The peer-facing routes for one node; merge them into your own axum router.
@@ -146,7 +144,7 @@ struct RouterState {
 pub fn http_router(inbox: Inbox, token: impl Into<String>) -> Router {
     let state = RouterState {
         inbox,
-        token: token.into().into(),
+        token: ClusterToken::new(token).ok(),
     };
     Router::new()
         .route(MESSAGE_PATH, post(receive))
@@ -155,7 +153,14 @@ pub fn http_router(inbox: Inbox, token: impl Into<String>) -> Router {
 }
 
 async fn receive(State(state): State<RouterState>, headers: HeaderMap, body: Body) -> Response {
-    if !authorized(&headers, &state.token) {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !state
+        .token
+        .as_ref()
+        .is_some_and(|t| t.matches_authorization(header))
+    {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
     }
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
@@ -183,19 +188,6 @@ async fn receive(State(state): State<RouterState>, headers: HeaderMap, body: Bod
         Err(Error::InvalidInput { reason, .. }) => error(StatusCode::BAD_REQUEST, &reason),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
-}
-
-/// Constant-time comparison, so response timing does not reveal the token.
-fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (given.as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
