@@ -185,6 +185,42 @@ async fn a_sigkilled_leader_is_replaced_within_a_second_and_terms_never_have_two
     assert!(took < Duration::from_secs(1), "failover took {took:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_resigns_hands_over_and_exits_cleanly() {
+    let mut c = Cluster::start(3);
+    let http = client();
+    let (leader, term, _) = wait_leader(&http, &c, &[], 0, Duration::from_secs(15))
+        .await
+        .expect("a leader");
+    let pid = c.procs[leader].child.as_ref().unwrap().id();
+    signal(pid, "TERM").unwrap();
+    let asked = Instant::now();
+    let (next, next_term, _) = wait_leader(&http, &c, &[leader], term, Duration::from_secs(3))
+        .await
+        .expect("a new leader");
+    assert_ne!(next, leader);
+    assert!(next_term > term);
+    // A hand-over (about 15-20 ms here), not an election timeout: no follower starts an
+    // election within 150 ms of the last heartbeat, sent at most 50 ms before the signal, so
+    // a leader within 100 ms of the signal is the resigning leader's TimeoutNow at work.
+    let took = asked.elapsed();
+    assert!(took < Duration::from_millis(100), "hand-over took {took:?}");
+    let mut child = c.procs[leader].child.take().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the node did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    c.procs[leader].child = None;
+}
+
 /// The resource side of fencing: refuses tokens below the largest accepted.
 #[derive(Default)]
 struct Fenced {

@@ -210,6 +210,15 @@ impl LeaderElector for Elector {
     }
 }
 
+/// How a step's messages leave: in the background (the normal case: the protocol tolerates
+/// loss and the loop must not wait), or before the command returns (a hand-over must reach its
+/// target before a shutting-down process exits).
+#[derive(Clone, Copy)]
+enum Delivery {
+    Spawn,
+    Await,
+}
+
 struct Driver {
     core: Election,
     id: NodeId,
@@ -252,7 +261,7 @@ impl Driver {
                         None | Some(Command::Stop) => return,
                         Some(Command::Resign(done)) => {
                             let out = self.core.resign(now, r);
-                            if !self.apply(out).await {
+                            if !self.apply(out, Delivery::Await).await {
                                 return;
                             }
                             let _ = done.send(());
@@ -261,7 +270,7 @@ impl Driver {
                         Some(Command::Transfer(to, done)) => {
                             match self.core.transfer(now, &to, r) {
                                 Ok(out) => {
-                                    if !self.apply(out).await {
+                                    if !self.apply(out, Delivery::Await).await {
                                         return;
                                     }
                                     let _ = done.send(Ok(()));
@@ -275,7 +284,7 @@ impl Driver {
                     }
                 }
             };
-            if !self.apply(out).await {
+            if !self.apply(out, Delivery::Spawn).await {
                 return;
             }
         }
@@ -287,7 +296,7 @@ impl Driver {
 
     /// Persists, then sends, then publishes. Returns false when the node must stop (its
     /// vote could not be made durable: answering anyway could mean two votes in a term).
-    async fn apply(&mut self, out: Output) -> bool {
+    async fn apply(&mut self, out: Output, delivery: Delivery) -> bool {
         if let Some(hs) = out.persist {
             let store = self.store.clone();
             let saved = tokio::task::spawn_blocking(move || store.save(&hs)).await;
@@ -303,6 +312,7 @@ impl Driver {
                 }
             }
         }
+        let mut inline = Vec::new();
         for (to, msg) in out.send {
             let transport = self.transport.clone();
             let env = Envelope {
@@ -310,12 +320,19 @@ impl Driver {
                 to,
                 msg,
             };
-            tokio::spawn(async move {
+            let send = async move {
                 if let Err(e) = transport.send(env).await {
                     tracing::trace!(error = %e, "election message not delivered");
                 }
-            });
+            };
+            match delivery {
+                Delivery::Spawn => {
+                    tokio::spawn(send);
+                }
+                Delivery::Await => inline.push(send),
+            }
         }
+        futures_util::future::join_all(inline).await;
         let lease = self
             .core
             .lease_expiry()
