@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{Mutex, Notify, oneshot};
 
 #[derive(Debug)]
 pub(crate) struct Notifier {
@@ -27,7 +27,9 @@ pub(crate) struct Notifier {
 
 #[derive(Default)]
 struct Control {
-    conn: Option<(PubSubSink, Arc<AtomicBool>)>,
+    /// The subscription sink, whether its connection is alive, and the stop signal of its
+    /// message task (dropped with the notifier, so the task and connection end with it).
+    conn: Option<(PubSubSink, Arc<AtomicBool>, oneshot::Sender<()>)>,
     refs: HashMap<String, usize>,
 }
 
@@ -87,7 +89,7 @@ impl Notifier {
         let alive = control
             .conn
             .as_ref()
-            .is_some_and(|(_, alive)| alive.load(Ordering::Acquire));
+            .is_some_and(|(_, alive, _)| alive.load(Ordering::Acquire));
         if !alive {
             control.conn = None;
             let Some(conn) = self.connect().await else {
@@ -95,13 +97,13 @@ impl Notifier {
             };
             control.conn = Some(conn);
             let others: Vec<String> = control.refs.keys().cloned().collect();
-            if let Some((sink, _)) = control.conn.as_mut() {
+            if let Some((sink, _, _)) = control.conn.as_mut() {
                 for other in others.iter().filter(|c| *c != channel) {
                     let _ = tokio::time::timeout(self.connect_timeout, sink.subscribe(other)).await;
                 }
             }
         }
-        let Some((sink, _)) = control.conn.as_mut() else {
+        let Some((sink, _, _)) = control.conn.as_mut() else {
             return false;
         };
         match tokio::time::timeout(self.connect_timeout, sink.subscribe(channel)).await {
@@ -113,7 +115,7 @@ impl Notifier {
         }
     }
 
-    async fn connect(&self) -> Option<(PubSubSink, Arc<AtomicBool>)> {
+    async fn connect(&self) -> Option<(PubSubSink, Arc<AtomicBool>, oneshot::Sender<()>)> {
         let pubsub = match tokio::time::timeout(
             self.connect_timeout,
             self.client.get_async_pubsub(),
@@ -131,8 +133,14 @@ impl Notifier {
         let alive = Arc::new(AtomicBool::new(true));
         let wakers = self.wakers.clone();
         let flag = alive.clone();
+        let (stop, mut stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            while let Some(msg) = stream.next().await {
+            loop {
+                let msg = tokio::select! {
+                    m = stream.next() => m,
+                    _ = &mut stopped => None,
+                };
+                let Some(msg) = msg else { break };
                 let waker = wakers
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -145,7 +153,7 @@ impl Notifier {
             flag.store(false, Ordering::Release);
             tracing::debug!("pub/sub connection closed; waiters poll until it is back");
         });
-        Some((sink, alive))
+        Some((sink, alive, stop))
     }
 
     async fn release(self: Arc<Self>, channel: String) {
@@ -165,7 +173,7 @@ impl Notifier {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&channel);
-        if let Some((sink, _)) = control.conn.as_mut() {
+        if let Some((sink, _, _)) = control.conn.as_mut() {
             let _ = tokio::time::timeout(self.connect_timeout, sink.unsubscribe(&channel)).await;
         }
     }

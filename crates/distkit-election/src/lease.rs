@@ -24,7 +24,7 @@ pub const DEFAULT_LEASE: Duration = Duration::from_millis(600);
 ///
 /// A crashed leader is replaced when its lease runs out (600 ms by default, not the 15 s of
 /// Kubernetes' defaults); a resigning leader releases at once and a waiter takes over within
-/// a round trip or two.
+/// a round trip or two. Dropping the last handle stops campaigning and releases the lease.
 #[derive(Clone, Debug)]
 pub struct LeaseElection {
     id: NodeId,
@@ -32,7 +32,17 @@ pub struct LeaseElection {
     publish: Arc<watch::Sender<Leadership>>,
     resign: Arc<Notify>,
     abandon: Arc<Notify>,
-    task: Arc<tokio::task::JoinHandle<()>>,
+    task: Arc<Campaigning>,
+}
+
+/// Aborts the campaign when the last handle goes (a dropped lock guard releases the lease).
+#[derive(Debug)]
+struct Campaigning(tokio::task::JoinHandle<()>);
+
+impl Drop for Campaigning {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl LeaseElection {
@@ -78,7 +88,7 @@ impl LeaseElection {
             publish: tx,
             resign,
             abandon,
-            task: Arc::new(task),
+            task: Arc::new(Campaigning(task)),
         })
     }
 
@@ -94,7 +104,7 @@ impl LeaseElection {
 
     /// Stops campaigning and steps down (the held lock is released in the background).
     pub fn stop(&self) {
-        self.task.abort();
+        self.task.0.abort();
         self.publish.send_modify(|l| {
             l.role = Role::Follower;
             l.leader = None;

@@ -89,6 +89,30 @@ async fn resign_hands_over_to_another_member() {
     assert!(took < Duration::from_millis(500), "hand-over took {took:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_leaders_last_handle_hands_over() {
+    let redis = RedisServer::start().unwrap();
+    let mut ms: Vec<Option<LeaseElection>> = members(&redis.url(), "g4", 2, Duration::from_secs(5))
+        .into_iter()
+        .map(Some)
+        .collect();
+    let live = |ms: &[Option<LeaseElection>]| -> Vec<LeaseElection> {
+        ms.iter().flatten().cloned().collect()
+    };
+    let (leader, _) = wait_leader(&live(&ms), None, Duration::from_secs(3)).await;
+    let other = 1 - leader;
+    ms[leader] = None; // the last handle: the campaign stops and its guard releases
+    let start = Instant::now();
+    while !ms[other].as_ref().unwrap().is_leader() {
+        // Well before the 5 s lease could run out.
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "no hand-over after the drop"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[test]
 fn bad_settings() {
     let id = NodeId::new("x").unwrap();
