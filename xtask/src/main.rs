@@ -116,8 +116,12 @@ fn sim(args: &[String]) -> Result {
 }
 
 /// Component crates with benchmarks: the summary run (figures and report) and criterion.
-const BENCHES: &[(&str, &str, &[&str])] =
-    &[("hashring", "distkit-hashring", &["summary", "lookup"])];
+const BENCHES: &[(&str, &str, &[&str])] = &[
+    ("hashring", "distkit-hashring", &["summary", "lookup"]),
+    ("dlock", "distkit-dlock", &["summary"]),
+    ("election", "distkit-election", &["summary"]),
+    ("dcache", "distkit-dcache", &["summary"]),
+];
 
 fn bench(args: &[String]) -> Result {
     ensure_redis_server()?;
