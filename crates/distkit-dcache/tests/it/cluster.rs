@@ -312,6 +312,79 @@ async fn a_delete_on_one_node_is_seen_by_every_nodes_next_read() {
     }
 }
 
+/// Reads `key` at `node` until it holds a hot copy.
+async fn warm_hot_copy(c: &Cluster, node: usize, key: &str) {
+    for _ in 0..50 {
+        c.caches[node].get(key).await.unwrap();
+        c.caches[node].sync().await;
+        if c.caches[node].holds_hot_copy(key) {
+            return;
+        }
+    }
+    panic!("node {node} never kept a hot copy of {key}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_sequence_numbers_drops_hot_copies() {
+    let c = cluster(3, true).await;
+    let key = (0..)
+        .map(|i| format!("g{i}"))
+        .find(|k| c.owner_index(k) == 0)
+        .unwrap();
+    c.caches[0].set(&key, "v1").await.unwrap();
+    warm_hot_copy(&c, 1, &key).await;
+    // An invalidation from node 0 whose sequence number skips ahead: messages were lost.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/peer/invalidate", c.urls[1]))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"from": c.ids[0], "seq": 1000, "keys": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    c.caches[1].sync().await;
+    assert!(
+        !c.caches[1].holds_hot_copy(&key),
+        "the gap dropped every hot copy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_invalidation_is_caught_by_the_periodic_check() {
+    let mut c = cluster(3, true).await;
+    let key = (0..)
+        .map(|i| format!("l{i}"))
+        .find(|k| c.owner_index(k) == 0)
+        .unwrap();
+    c.caches[0].set(&key, "v1").await.unwrap();
+    warm_hot_copy(&c, 1, &key).await;
+    // Node 1's listener goes away, so node 0's invalidation for the next write is lost.
+    let addr = c.urls[1].trim_start_matches("http://").to_owned();
+    c.kill(1).await;
+    c.caches[0].set(&key, "v2").await.unwrap();
+    let l = TcpListener::bind(&addr).await.unwrap();
+    c.servers[1] = Some(serve(&c.caches[1], l));
+    // The invalidation really was lost: node 1 still serves its hot copy...
+    assert_eq!(
+        c.caches[1].get(&key).await.unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
+    // ...until, within two check rounds (200 ms each), it notices node 0's newer sequence
+    // number and drops it.
+    let start = Instant::now();
+    loop {
+        let v = c.caches[1].get(&key).await.unwrap();
+        if v.as_deref() == Some(&b"v2"[..]) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "node 1 kept serving {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_peer_input_is_refused_with_json_errors() {
     let c = cluster(2, false).await;
