@@ -33,6 +33,7 @@ use distkit_core::{ClusterToken, Error, NodeId};
 use serde::Deserialize;
 
 use crate::cache::{Claim, Inner};
+use crate::local::Entry;
 
 const TTL_HEADER: &str = "x-distkit-ttl-ms";
 const SEQ_HEADER: &str = "x-distkit-seq";
@@ -364,8 +365,14 @@ fn authorized(headers: &HeaderMap, token: Option<&ClusterToken>) -> bool {
     token.is_some_and(|t| t.matches_authorization(header))
 }
 
-fn value_response(inner: &Inner, value: Bytes, ttl: Option<Duration>) -> Response {
-    let mut resp = (StatusCode::OK, value).into_response();
+/// What a key handler answers: the error side is a finished error response, so request
+/// checks can use `?`.
+type Reply = Result<Response, Response>;
+
+/// A value with its remaining TTL and this node's write sequence number.
+fn value_response(inner: &Inner, entry: Entry) -> Response {
+    let ttl = entry.remaining();
+    let mut resp = (StatusCode::OK, entry.value).into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -391,17 +398,11 @@ async fn get_key(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Response {
-    let key = match admit(&inner, &headers, key) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let key = admit(&inner, &headers, key)?;
     match inner.get_owned(&key).await {
-        Some(e) => {
-            let ttl = e.remaining();
-            value_response(&inner, e.value, ttl)
-        }
-        None => error(StatusCode::NOT_FOUND, "not cached"),
+        Some(e) => Ok(value_response(&inner, e)),
+        None => Err(error(StatusCode::NOT_FOUND, "not cached")),
     }
 }
 
@@ -427,13 +428,10 @@ async fn put_key(
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
-) -> Response {
-    let key = match admit(&inner, &headers, key) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let key = admit(&inner, &headers, key)?;
     let Ok(Query(q)) = query else {
-        return error(StatusCode::BAD_REQUEST, "bad lease");
+        return Err(error(StatusCode::BAD_REQUEST, "bad lease"));
     };
     let ttl = match headers
         .get(TTL_HEADER)
@@ -442,67 +440,52 @@ async fn put_key(
         None => None,
         Some(Some(ms)) if ms > 0 => Some(Duration::from_millis(ms)),
         Some(_) => {
-            return error(
+            return Err(error(
                 StatusCode::BAD_REQUEST,
                 "x-distkit-ttl-ms must be a positive whole number",
-            );
+            ));
         }
     };
-    let value = match read_value(&inner, body).await {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
+    let value = read_value(&inner, body).await?;
     match q.lease {
         Some(lease) => inner.complete(&key, lease, Some((value, ttl))).await,
         None => inner.set_owned(&key, value, ttl).await,
     }
-    StatusCode::NO_CONTENT.into_response()
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn delete_key(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Response {
-    let key = match admit(&inner, &headers, key) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let key = admit(&inner, &headers, key)?;
     let deleted = inner.delete_owned(&key).await;
-    axum::Json(serde_json::json!({ "deleted": deleted })).into_response()
+    Ok(axum::Json(serde_json::json!({ "deleted": deleted })).into_response())
 }
 
 async fn load_key(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Response {
-    let key = match admit(&inner, &headers, key) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let key = admit(&inner, &headers, key)?;
     match inner.claim(&key).await {
-        Claim::Hit(e) => {
-            let ttl = e.remaining();
-            value_response(&inner, e.value, ttl)
-        }
-        Claim::Lease(lease) => (
+        Claim::Hit(e) => Ok(value_response(&inner, e)),
+        Claim::Lease(lease) => Ok((
             StatusCode::ACCEPTED,
             axum::Json(serde_json::json!({ "lease": lease })),
         )
-            .into_response(),
+            .into_response()),
         Claim::Wait(mut rx, expires) => {
             let waited =
                 tokio::time::timeout_at(expires.into(), rx.wait_for(Option::is_some)).await;
             match waited.ok().and_then(Result::ok).and_then(|o| o.clone()) {
-                Some(crate::cache::Outcome::Value(e)) => {
-                    let ttl = e.remaining();
-                    value_response(&inner, e.value, ttl)
-                }
-                _ => error(
+                Some(crate::cache::Outcome::Value(e)) => Ok(value_response(&inner, e)),
+                _ => Err(error(
                     StatusCode::CONFLICT,
                     "the load failed or timed out; claim again",
-                ),
+                )),
             }
         }
     }
@@ -513,17 +496,14 @@ async fn abandon_key(
     headers: HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let key = match admit(&inner, &headers, key) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let key = admit(&inner, &headers, key)?;
     match query {
         Ok(Query(LeaseQuery { lease: Some(lease) })) => {
             inner.complete(&key, lease, None).await;
-            StatusCode::NO_CONTENT.into_response()
+            Ok(StatusCode::NO_CONTENT.into_response())
         }
-        _ => error(StatusCode::BAD_REQUEST, "abandon needs ?lease=N"),
+        _ => Err(error(StatusCode::BAD_REQUEST, "abandon needs ?lease=N")),
     }
 }
 

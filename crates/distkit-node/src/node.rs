@@ -209,18 +209,20 @@ async fn json_body<T: serde::de::DeserializeOwned + Default>(body: Body) -> Resu
         .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("malformed JSON: {e}")))
 }
 
-async fn cache_get(
-    State(app): State<Arc<App>>,
-    key: Result<Path<String>, PathRejection>,
-) -> Response {
-    let key = match path(key) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    match app.cache.get(&key).await {
-        Ok(Some(v)) => ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response(),
-        Ok(None) => error(StatusCode::NOT_FOUND, "not cached"),
-        Err(e) => from_error(&e),
+/// What a handler answers: the error side is a finished error response, so request checks
+/// can use `?`.
+type Reply = Result<Response, Response>;
+
+/// A component error as its HTTP error response.
+fn failed(e: Error) -> Response {
+    from_error(&e)
+}
+
+async fn cache_get(State(app): State<Arc<App>>, key: Result<Path<String>, PathRejection>) -> Reply {
+    let key = path(key)?;
+    match app.cache.get(&key).await.map_err(failed)? {
+        Some(v) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()),
+        None => Err(error(StatusCode::NOT_FOUND, "not cached")),
     }
 }
 
@@ -234,51 +236,46 @@ async fn cache_put(
     key: Result<Path<String>, PathRejection>,
     query: Result<Query<TtlQuery>, QueryRejection>,
     body: Body,
-) -> Response {
-    let key = match path(key) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let key = path(key)?;
     let Ok(Query(q)) = query else {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "ttl_ms must be a whole number of milliseconds",
-        );
+        ));
     };
     let limit = distkit_dcache::DEFAULT_MAX_VALUE;
     let Ok(value) = axum::body::to_bytes(body, limit).await else {
-        return error(
+        return Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("values are at most {limit} bytes"),
-        );
+        ));
     };
-    let r = match q.ttl_ms {
-        Some(0) => return error(StatusCode::BAD_REQUEST, "ttl_ms must be greater than zero"),
+    match q.ttl_ms {
+        Some(0) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "ttl_ms must be greater than zero",
+            ));
+        }
         Some(ms) => {
             app.cache
                 .set_with_ttl(&key, value, Duration::from_millis(ms))
                 .await
         }
         None => app.cache.set(&key, value).await,
-    };
-    match r {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => from_error(&e),
     }
+    .map_err(failed)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn cache_delete(
     State(app): State<Arc<App>>,
     key: Result<Path<String>, PathRejection>,
-) -> Response {
-    let key = match path(key) {
-        Ok(k) => k,
-        Err(r) => return r,
-    };
-    match app.cache.delete(&key).await {
-        Ok(deleted) => axum::Json(serde_json::json!({ "deleted": deleted })).into_response(),
-        Err(e) => from_error(&e),
-    }
+) -> Reply {
+    let key = path(key)?;
+    let deleted = app.cache.delete(&key).await.map_err(failed)?;
+    Ok(axum::Json(serde_json::json!({ "deleted": deleted })).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -299,15 +296,9 @@ async fn lock_acquire(
     State(app): State<Arc<App>>,
     name: Result<Path<String>, PathRejection>,
     body: Body,
-) -> Response {
-    let name = match path(name) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    let req: AcquireBody = match json_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let name = path(name)?;
+    let req: AcquireBody = json_body(body).await?;
     let mut opts = AcquireOptions::new();
     if let Some(ms) = req.ttl_ms {
         opts = opts.ttl(Duration::from_millis(ms));
@@ -315,22 +306,18 @@ async fn lock_acquire(
     if let Some(ms) = req.wait_ms {
         opts = opts.wait(Duration::from_millis(ms.min(60_000)));
     }
-    match app.locks.acquire_with(&name, opts).await {
-        Ok(guard) => {
-            let body = serde_json::json!({
-                "name": name,
-                "token": guard.token().to_string(),
-                "fencing_token": guard.fencing_token().get(),
-                "ttl_ms": guard.lease().ttl().as_millis() as u64,
-            });
-            app.held
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert((name, guard.token()), guard);
-            axum::Json(body).into_response()
-        }
-        Err(e) => from_error(&e),
-    }
+    let guard = app.locks.acquire_with(&name, opts).await.map_err(failed)?;
+    let body = serde_json::json!({
+        "name": name,
+        "token": guard.token().to_string(),
+        "fencing_token": guard.fencing_token().get(),
+        "ttl_ms": guard.lease().ttl().as_millis() as u64,
+    });
+    app.held
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert((name, guard.token()), guard);
+    Ok(axum::Json(body).into_response())
 }
 
 fn held_guard(app: &App, name: &str, token: Option<&str>) -> Result<LockGuard, Response> {
@@ -354,60 +341,36 @@ async fn lock_release(
     State(app): State<Arc<App>>,
     name: Result<Path<String>, PathRejection>,
     body: Body,
-) -> Response {
-    let name = match path(name) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    let req: TokenBody = match json_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let guard = match held_guard(&app, &name, req.token.as_deref()) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
-    match guard.release().await {
-        Ok(released) => axum::Json(serde_json::json!({ "released": released })).into_response(),
-        Err(e) => from_error(&e),
-    }
+) -> Reply {
+    let name = path(name)?;
+    let req: TokenBody = json_body(body).await?;
+    let guard = held_guard(&app, &name, req.token.as_deref())?;
+    let released = guard.release().await.map_err(failed)?;
+    Ok(axum::Json(serde_json::json!({ "released": released })).into_response())
 }
 
 async fn lock_extend(
     State(app): State<Arc<App>>,
     name: Result<Path<String>, PathRejection>,
     body: Body,
-) -> Response {
-    let name = match path(name) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    let req: TokenBody = match json_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let mut guard = match held_guard(&app, &name, req.token.as_deref()) {
-        Ok(g) => g,
-        Err(r) => return r,
-    };
+) -> Reply {
+    let name = path(name)?;
+    let req: TokenBody = json_body(body).await?;
+    let mut guard = held_guard(&app, &name, req.token.as_deref())?;
     let ttl = Duration::from_millis(req.ttl_ms.unwrap_or(30_000));
-    let r = guard.extend(ttl).await;
-    let token = guard.token();
-    match r {
-        Ok(()) => {
-            app.held
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert((name, token), guard);
-            axum::Json(serde_json::json!({ "extended": true, "ttl_ms": ttl.as_millis() as u64 }))
-                .into_response()
-        }
-        Err(e) => {
-            // Lost: forget it (dropping releases nothing that is not ours).
-            drop(guard.into_lease());
-            from_error(&e)
-        }
+    if let Err(e) = guard.extend(ttl).await {
+        // Lost: forget it (dropping releases nothing that is not ours).
+        drop(guard.into_lease());
+        return Err(failed(e));
     }
+    app.held
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert((name, guard.token()), guard);
+    Ok(
+        axum::Json(serde_json::json!({ "extended": true, "ttl_ms": ttl.as_millis() as u64 }))
+            .into_response(),
+    )
 }
 
 async fn cluster(State(app): State<Arc<App>>) -> Response {
