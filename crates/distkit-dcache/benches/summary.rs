@@ -257,14 +257,10 @@ async fn cluster(n: usize, hot: bool) -> (Vec<DistributedCache>, Vec<tokio::task
     let ids: Vec<NodeId> = (0..n)
         .map(|i| NodeId::new(format!("b{i}")).unwrap())
         .collect();
-    let mut listeners = Vec::new();
-    for _ in 0..n {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let urls: Vec<String> = listeners
-        .iter()
-        .map(|l| format!("http://{}", l.local_addr().unwrap()))
-        .collect();
+    let (listeners, urls) = distkit_testkit::loopback_listeners(n).unwrap();
+    let listeners = listeners
+        .into_iter()
+        .map(|l| TcpListener::from_std(l).unwrap());
     let mut nodes = Vec::new();
     let mut servers = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {

@@ -203,14 +203,10 @@ async fn http_failover(trials: usize) -> Vec<f64> {
     let ids: Vec<NodeId> = (0..5)
         .map(|i| NodeId::new(format!("n{i}")).unwrap())
         .collect();
-    let mut listeners = Vec::new();
-    for _ in 0..5 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let urls: Vec<String> = listeners
-        .iter()
-        .map(|l| format!("http://{}", l.local_addr().unwrap()))
-        .collect();
+    let (listeners, urls) = distkit_testkit::loopback_listeners(5).unwrap();
+    let listeners = listeners
+        .into_iter()
+        .map(|l| TcpListener::from_std(l).unwrap());
     let stores: Vec<Arc<MemoryVoteStore>> =
         (0..5).map(|_| Arc::new(MemoryVoteStore::new())).collect();
     let mut nodes = Vec::new();

@@ -453,6 +453,28 @@ pub fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// `n` listeners on free loopback ports, non-blocking (ready for
+/// `tokio::net::TcpListener::from_std`), with their `http://127.0.0.1:PORT` URLs. Binding all
+/// of them before any node starts lets every node know every address.
+///
+/// # Errors
+///
+/// When no loopback socket can be bound.
+pub fn loopback_listeners(n: usize) -> std::io::Result<(Vec<TcpListener>, Vec<String>)> {
+    let listeners = (0..n)
+        .map(|_| {
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let urls = listeners
+        .iter()
+        .map(|l| Ok(format!("http://{}", l.local_addr()?)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok((listeners, urls))
+}
+
 fn pick_port() -> Result<u16, TestkitError> {
     free_port().map_err(|source| TestkitError::Process {
         action: "find a free port for",

@@ -27,14 +27,10 @@ impl Cluster {
         let ids: Vec<NodeId> = (0..n)
             .map(|i| NodeId::new(format!("node-{i}")).unwrap())
             .collect();
-        let mut listeners = Vec::new();
-        for _ in 0..n {
-            listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-        }
-        let urls: Vec<String> = listeners
-            .iter()
-            .map(|l| format!("http://{}", l.local_addr().unwrap()))
-            .collect();
+        let (listeners, urls) = distkit_testkit::loopback_listeners(n).unwrap();
+        let listeners = listeners
+            .into_iter()
+            .map(|l| TcpListener::from_std(l).unwrap());
         let mut c = Self {
             ids,
             urls,
