@@ -56,8 +56,7 @@ impl Backoff {
 
 /// Uniform in [d/2, d].
 pub(crate) fn jitter(d: Duration) -> Duration {
-    let half = d / 2;
-    half + half.mul_f64(rand::rng().random::<f64>())
+    uniform(d / 2, d)
 }
 
 /// Uniform in [lo, hi].
