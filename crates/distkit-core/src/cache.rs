@@ -106,7 +106,7 @@ pub trait Cache: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a key over the size limit; [`Error::Unavailable`] when the
+    /// [`Error::TooLarge`] for a key over the size limit; [`Error::Unavailable`] when the
     /// owner of the key cannot be reached and the cache has no fallback.
     async fn get(&self, key: &str) -> Result<Option<Bytes>, Error>;
 
@@ -114,8 +114,9 @@ pub trait Cache: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a key or value over the size limits; [`Error::Unavailable`]
-    /// when the owner cannot be reached.
+    /// [`Error::TooLarge`] for a key or value over the size limits, [`Error::InvalidInput`]
+    /// for a TTL the cache cannot keep; [`Error::Unavailable`] when the owner cannot be
+    /// reached.
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), Error>;
 
     /// Removes `key`; `true` if a value was removed.

@@ -1,9 +1,15 @@
 //! The error type every distkit trait returns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-/// A boxed cause, kept as the [`source`](std::error::Error::source) of an [`Error`].
+/// A boxed cause, as loaders and other callers hand it in.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A shared cause, kept as the [`source`](std::error::Error::source) of an [`Error`]. Shared so
+/// that an [`Error`] can be cloned to every caller waiting on the same operation without
+/// losing its kind or its cause.
+pub type ErrorSource = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What went wrong in a distkit operation.
 ///
@@ -14,6 +20,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Component crates keep their own richer error types and convert into this one at the trait
 /// boundary, so code that holds an `Arc<dyn DistributedLock>` or `Arc<dyn Cache>` handles one
 /// type.
+///
+/// Errors are [`Clone`]: an error shared with callers that waited on the same operation (a
+/// coalesced cache load, say) keeps its variant and its cause for each of them.
+///
+/// Every HTTP router in distkit answers an error the same way: [`Error::http_status`] picks
+/// the status, and the body is `{"error": message, "kind": kind, "retryable": bool}` (see
+/// [`Error::kind`]); with the `axum` feature, `Error` implements `IntoResponse` to do exactly
+/// that.
 ///
 /// ```
 /// use std::time::Duration;
@@ -26,12 +40,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// let e = Error::invalid_input("ttl", "it must be greater than zero");
 /// assert!(!e.is_retryable());
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Error {
     /// An argument or a configuration value is not acceptable. Fix the input; retrying the same
     /// call fails the same way.
-    #[error("invalid {what}: {reason}")]
     InvalidInput {
         /// The name of the argument or setting.
         what: &'static str,
@@ -39,18 +52,27 @@ pub enum Error {
         reason: String,
     },
 
+    /// A value is larger than a limit allows (a key, a value, a request body, a name). Send
+    /// less; retrying the same call fails the same way.
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size in bytes.
+        actual: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+
     /// The operation did not finish within its time limit.
-    #[error("{operation} timed out after {after:?}")]
     Timeout {
         /// What was being done.
         operation: &'static str,
-        /// The limit that ran out.
+        /// The limit that ran out: the real one, as configured or as it was left.
         after: Duration,
     },
 
     /// Someone else holds the lock and the wait limit ran out (or no wait was asked for).
     /// Retrying later may succeed.
-    #[error("{what} is held by another caller (waited {waited:?})")]
     Busy {
         /// The lock in question.
         what: String,
@@ -60,21 +82,18 @@ pub enum Error {
 
     /// A backend or peer could not be reached or stopped answering (connection refused or
     /// reset, a server that is restarting, a peer marked suspect). Retrying later may work.
-    #[error("{endpoint} is unavailable: {reason}")]
     Unavailable {
         /// The address or name of what could not be reached.
         endpoint: String,
         /// What was seen, with a hint where there is one.
         reason: String,
         /// The underlying error, when there is one.
-        #[source]
-        source: Option<BoxError>,
+        source: Option<ErrorSource>,
     },
 
     /// The caller does not (or no longer) own what it tried to use: a lock lease that expired
     /// or was taken over, a leadership that was lost. Retrying the same call cannot help; start
     /// again by acquiring.
-    #[error("{what} is not held by this caller: {reason}")]
     NotHeld {
         /// The lock name or role in question.
         what: String,
@@ -84,7 +103,6 @@ pub enum Error {
 
     /// There is nowhere to place the request: a locator with no nodes, or every node at its
     /// capacity bound.
-    #[error("no node can take the request: {reason}")]
     NoCapacity {
         /// Why no node qualified.
         reason: String,
@@ -92,38 +110,81 @@ pub enum Error {
 
     /// A peer or a backend answered with something that breaks the protocol (malformed data,
     /// a value of the wrong type under a lock key, a refused credential).
-    #[error("{peer} sent an unusable reply: {reason}")]
     Protocol {
         /// Who answered.
         peer: String,
         /// What was wrong with it.
         reason: String,
         /// The underlying error, when there is one.
-        #[source]
-        source: Option<BoxError>,
+        source: Option<ErrorSource>,
     },
 
     /// A user-supplied loader (cache `get_or_load`) failed. Nothing was cached.
-    #[error("loading {key:?} failed")]
     Load {
         /// The key being loaded.
         key: String,
         /// The loader's error.
-        #[source]
-        source: BoxError,
+        source: ErrorSource,
     },
 
     /// Local storage failed (reading or writing a vote file, for example).
-    #[error("storage at {path} failed: {reason}")]
     Storage {
         /// The file or store in question.
         path: String,
         /// What failed.
         reason: String,
         /// The underlying error, when there is one.
-        #[source]
-        source: Option<BoxError>,
+        source: Option<ErrorSource>,
     },
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::InvalidInput { what, reason } => write!(f, "invalid {what}: {reason}"),
+            Self::TooLarge {
+                what,
+                actual,
+                limit,
+            } => write!(
+                f,
+                "{what} is too large: {actual} bytes, the limit is {limit}"
+            ),
+            Self::Timeout { operation, after } => {
+                write!(f, "{operation} timed out after {after:?}")
+            }
+            Self::Busy { what, waited } => {
+                write!(f, "{what} is held by another caller (waited {waited:?})")
+            }
+            Self::Unavailable {
+                endpoint, reason, ..
+            } => write!(f, "{endpoint} is unavailable: {reason}"),
+            Self::NotHeld { what, reason } => {
+                write!(f, "{what} is not held by this caller: {reason}")
+            }
+            Self::NoCapacity { reason } => write!(f, "no node can take the request: {reason}"),
+            Self::Protocol { peer, reason, .. } => {
+                write!(f, "{peer} sent an unusable reply: {reason}")
+            }
+            Self::Load { key, .. } => write!(f, "loading {key:?} failed"),
+            Self::Storage { path, reason, .. } => write!(f, "storage at {path} failed: {reason}"),
+        }
+    }
+}
+
+/// The source is the shared cause itself (not the `Arc` around it), so callers can
+/// `downcast_ref` it to the concrete error they know.
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let cause: &ErrorSource = match self {
+            Self::Unavailable { source, .. }
+            | Self::Protocol { source, .. }
+            | Self::Storage { source, .. } => source.as_ref()?,
+            Self::Load { source, .. } => source,
+            _ => return None,
+        };
+        Some(&**cause)
+    }
 }
 
 impl Error {
@@ -146,7 +207,40 @@ impl Error {
         Self::Unavailable {
             endpoint: endpoint.into(),
             reason: reason.into(),
-            source: Some(source.into()),
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// Shorthand for [`Error::TooLarge`].
+    #[must_use]
+    pub fn too_large(what: &'static str, actual: usize, limit: usize) -> Self {
+        Self::TooLarge {
+            what,
+            actual: u64::try_from(actual).unwrap_or(u64::MAX),
+            limit: u64::try_from(limit).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Shorthand for [`Error::Protocol`] with a cause.
+    #[must_use]
+    pub fn protocol_with(
+        peer: impl Into<String>,
+        reason: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Self::Protocol {
+            peer: peer.into(),
+            reason: reason.into(),
+            source: Some(Arc::from(source.into())),
+        }
+    }
+
+    /// Shorthand for [`Error::Load`].
+    #[must_use]
+    pub fn load(key: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Load {
+            key: key.into(),
+            source: Arc::from(source.into()),
         }
     }
 
@@ -171,6 +265,139 @@ impl Error {
             self,
             Self::Timeout { .. } | Self::Busy { .. } | Self::Unavailable { .. }
         )
+    }
+
+    /// A short, stable, machine-readable name of the variant (`invalid_input`, `too_large`,
+    /// `timeout`, `busy`, `unavailable`, `not_held`, `no_capacity`, `protocol`, `load`,
+    /// `storage`): the `kind` field of HTTP error bodies.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidInput { .. } => "invalid_input",
+            Self::TooLarge { .. } => "too_large",
+            Self::Timeout { .. } => "timeout",
+            Self::Busy { .. } => "busy",
+            Self::Unavailable { .. } => "unavailable",
+            Self::NotHeld { .. } => "not_held",
+            Self::NoCapacity { .. } => "no_capacity",
+            Self::Protocol { .. } => "protocol",
+            Self::Load { .. } => "load",
+            Self::Storage { .. } => "storage",
+        }
+    }
+
+    /// The HTTP status that stands for this error, the one every distkit router sends: 400
+    /// invalid input, 413 too large, 504 timeout, 409 busy or not held, 503 unavailable or no
+    /// capacity, 502 protocol or load failures, 500 storage.
+    #[must_use]
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::InvalidInput { .. } => 400,
+            Self::TooLarge { .. } => 413,
+            Self::Timeout { .. } => 504,
+            Self::Busy { .. } | Self::NotHeld { .. } => 409,
+            Self::Unavailable { .. } | Self::NoCapacity { .. } => 503,
+            Self::Protocol { .. } | Self::Load { .. } => 502,
+            Self::Storage { .. } => 500,
+        }
+    }
+
+    /// The JSON body every distkit router sends with an error:
+    /// `{"error": message, "kind": kind, "retryable": bool}`.
+    #[must_use]
+    pub fn http_body(&self) -> String {
+        ErrorBody::from(self).to_json()
+    }
+}
+
+/// The JSON body of an HTTP error, as every distkit router sends it and every distkit client
+/// reads it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    /// The message, as [`Error`]'s `Display` writes it.
+    pub error: String,
+    /// [`Error::kind`], or a router's own kind for refusals that are not an [`Error`]
+    /// (`not_found`, `method_not_allowed`, `unauthorized`).
+    #[serde(default)]
+    pub kind: String,
+    /// [`Error::is_retryable`].
+    #[serde(default)]
+    pub retryable: bool,
+}
+
+impl ErrorBody {
+    /// A body for a refusal that is not an [`Error`] (an unknown route, a missing token).
+    #[must_use]
+    pub fn new(kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            error: message.into(),
+            kind: kind.to_owned(),
+            retryable: false,
+        }
+    }
+
+    /// The body as JSON text.
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        // Serializing three plain fields cannot fail; the fallback keeps the type honest.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{\"error\":\"\"}"))
+    }
+}
+
+impl From<&Error> for ErrorBody {
+    fn from(e: &Error) -> Self {
+        Self {
+            error: e.to_string(),
+            kind: e.kind().to_owned(),
+            retryable: e.is_retryable(),
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+mod http {
+    use axum_core::response::{IntoResponse, Response};
+    use http::{HeaderValue, StatusCode, header};
+
+    use super::{Error, ErrorBody};
+
+    impl IntoResponse for ErrorBody {
+        fn into_response(self) -> Response {
+            let status = match self.kind.as_str() {
+                "not_found" => StatusCode::NOT_FOUND,
+                "method_not_allowed" => StatusCode::METHOD_NOT_ALLOWED,
+                "unauthorized" => StatusCode::UNAUTHORIZED,
+                "forbidden" => StatusCode::FORBIDDEN,
+                "unsupported_media_type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+                "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            json(status, &self)
+        }
+    }
+
+    impl IntoResponse for Error {
+        fn into_response(self) -> Response {
+            (&self).into_response()
+        }
+    }
+
+    impl IntoResponse for &Error {
+        fn into_response(self) -> Response {
+            let status =
+                StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            json(status, &ErrorBody::from(self))
+        }
+    }
+
+    fn json(status: StatusCode, body: &ErrorBody) -> Response {
+        let mut resp = (status, body.to_json()).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
     }
 }
 

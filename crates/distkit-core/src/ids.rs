@@ -188,12 +188,24 @@ impl FromStr for FencingToken {
 /// A term has at most one leader. Because terms only grow, the term in which a node leads also
 /// serves as a fencing token for the work it does as leader (see [`Term::as_fencing_token`]).
 ///
+/// # The rule for extreme terms
+///
+/// Terms live in `0..=Term::MAX`, where [`Term::MAX`] is `2^63 - 1` (so a term also fits the
+/// signed 64-bit columns that protected stores keep fencing tokens in). A term never
+/// saturates: [`Term::checked_next`] returns `None` at the top, a node never campaigns for a
+/// term it cannot raise, and a message carrying a term above [`Term::MAX`] is refused as a
+/// protocol error. A real cluster needs hundreds of millions of years of elections to get
+/// near the top; only a peer holding the cluster token can send one there, and safety (one
+/// leader per term, one vote per term) holds even then.
+///
 /// ```
 /// use distkit_core::Term;
 ///
-/// let t = Term::ZERO.next();
+/// let t = Term::ZERO.checked_next().expect("far from the top");
 /// assert_eq!(t, Term::new(1));
 /// assert!(t > Term::ZERO);
+/// assert_eq!(Term::MAX.checked_next(), None);
+/// assert!(!Term::new(u64::MAX).is_valid());
 /// ```
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -205,7 +217,11 @@ impl Term {
     /// The term every node starts in.
     pub const ZERO: Self = Self(0);
 
-    /// Wraps a raw term number.
+    /// The largest valid term, `2^63 - 1`. See [the rule for extreme terms](Term#the-rule-for-extreme-terms).
+    pub const MAX: Self = Self(i64::MAX.unsigned_abs());
+
+    /// Wraps a raw term number. Any `u64` can be wrapped (a peer may send one); check
+    /// [`is_valid`](Self::is_valid) before acting on a term that came from outside.
     #[must_use]
     pub const fn new(value: u64) -> Self {
         Self(value)
@@ -217,10 +233,20 @@ impl Term {
         self.0
     }
 
-    /// The following term. Saturates at `u64::MAX`, which no real cluster reaches.
+    /// Whether the term is at most [`Term::MAX`].
     #[must_use]
-    pub const fn next(self) -> Self {
-        Self(self.0.saturating_add(1))
+    pub const fn is_valid(self) -> bool {
+        self.0 <= Self::MAX.0
+    }
+
+    /// The following term, or `None` when there is none: at [`Term::MAX`] and above.
+    #[must_use]
+    pub const fn checked_next(self) -> Option<Self> {
+        if self.0 >= Self::MAX.0 {
+            None
+        } else {
+            Some(Self(self.0 + 1))
+        }
     }
 
     /// The term as a fencing token for work done by the leader of this term.

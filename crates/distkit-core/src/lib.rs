@@ -64,7 +64,8 @@
 //!
 //! # Feature flags
 //!
-//! None. The crate always builds the same.
+//! * `axum` (off by default): `impl IntoResponse for Error` (and for [`ErrorBody`]), the one
+//!   conversion from an error to an HTTP response that every distkit router uses.
 //!
 //! # Supported Rust versions
 //!
@@ -91,7 +92,7 @@ pub use cache::{Cache, LoadFuture, Loaded, Loader};
 #[doc(inline)]
 pub use election::{LeaderElector, Leadership, Role};
 #[doc(inline)]
-pub use error::{BoxError, Error};
+pub use error::{BoxError, Error, ErrorBody, ErrorSource};
 #[doc(inline)]
 pub use ids::{FencingToken, LockToken, MAX_NODE_ID_LEN, NodeId, Term};
 #[doc(inline)]

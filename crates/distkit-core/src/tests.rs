@@ -133,7 +133,14 @@ fn fencing_token_and_term() {
     assert_eq!("17".parse::<FencingToken>().unwrap().get(), 17);
     assert!("-1".parse::<FencingToken>().is_err());
     assert!("".parse::<FencingToken>().is_err());
-    assert_eq!(Term::new(u64::MAX).next(), Term::new(u64::MAX));
+    assert_eq!(Term::new(u64::MAX).checked_next(), None);
+    assert_eq!(Term::MAX.checked_next(), None);
+    assert_eq!(
+        Term::new(Term::MAX.get() - 1).checked_next(),
+        Some(Term::MAX)
+    );
+    assert!(!Term::new(Term::MAX.get() + 1).is_valid());
+    assert_eq!(Term::MAX.get(), i64::MAX as u64);
     assert_eq!(Term::new(7).as_fencing_token(), FencingToken::new(7));
     assert_eq!(serde_json::to_string(&Term::new(3)).unwrap(), "3");
 }

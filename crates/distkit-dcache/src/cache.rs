@@ -21,6 +21,14 @@ use crate::peer::{PeerClient, RemoteLoad};
 pub const DEFAULT_MAX_KEY: usize = 1024;
 /// Default value limit in bytes.
 pub const DEFAULT_MAX_VALUE: usize = 1024 * 1024;
+/// The longest TTL, idle time or hot-copy life accepted: 100 years (moka refuses more than
+/// 1,000; nothing cached needs more than a few days).
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `d` from now, or `None` when the clock cannot represent it (a limit that long never ends).
+fn from_now(d: Duration) -> Option<Instant> {
+    Instant::now().checked_add(d)
+}
 
 /// Configures a [`DistributedCache`].
 #[derive(Clone, Debug)]
@@ -130,13 +138,14 @@ impl DistributedCacheBuilder {
         self
     }
 
-    /// Validates and builds. With peers, background tasks (staleness checks) start on the
-    /// current tokio runtime.
+    /// Validates and builds. Nothing is spawned: start the background work (sweeps and the
+    /// staleness check) with [`DistributedCache::start_maintenance`].
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a zero capacity or limit, zero timeouts, peers without a
-    /// token, a peer equal to this node or listed twice, or a URL that is not `http://...`.
+    /// [`Error::InvalidInput`] for a zero capacity or limit, zero timeouts, a TTL, idle time
+    /// or hot-copy life over [`MAX_TTL`], peers without a token, a peer equal to this node or
+    /// listed twice, or a URL that is not `http://...`.
     pub fn build(self) -> Result<DistributedCache, Error> {
         let bad = |what: &'static str, reason: &str| Err(Error::invalid_input(what, reason));
         match self.capacity {
@@ -160,6 +169,15 @@ impl DistributedCacheBuilder {
                     "timeout",
                     "timeouts and intervals must be greater than zero",
                 );
+            }
+        }
+        for (what, d) in [
+            ("ttl", self.ttl),
+            ("tti", self.tti),
+            ("hot ttl", Some(self.hot_ttl)),
+        ] {
+            if let Some(d) = d {
+                check_ttl(what, d)?;
             }
         }
         if !self.peers.is_empty() && self.token.as_deref().is_none_or(str::is_empty) {
@@ -208,10 +226,58 @@ impl DistributedCacheBuilder {
             suspects: Mutex::new(HashMap::new()),
             metrics: Metrics::new(),
         });
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(maintenance(Arc::downgrade(&inner), self.staleness_check));
+        Ok(DistributedCache {
+            inner,
+            staleness_check: self.staleness_check,
+        })
+    }
+}
+
+/// Refuses a zero TTL (it would store nothing a reader could see) and one over [`MAX_TTL`].
+fn check_ttl(what: &'static str, ttl: Duration) -> Result<(), Error> {
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(Error::invalid_input(
+            what,
+            format!("it must be greater than zero and at most {MAX_TTL:?}, got {ttl:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The cache's background work (sweeps of entries whose own TTL ran out, and the staleness
+/// check against peers' write sequence numbers), owned by whoever holds this handle.
+///
+/// [`shutdown`](Self::shutdown) stops it and returns once it has ended; dropping the handle
+/// aborts it at its next await point (no runtime needed for that).
+#[derive(Debug)]
+#[must_use = "dropping the handle stops the maintenance task"]
+pub struct Maintenance {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Maintenance {
+    /// Stops the task and waits until it has ended.
+    pub async fn shutdown(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
         }
-        Ok(DistributedCache { inner })
+    }
+
+    /// Whether the task has ended.
+    #[must_use]
+    pub fn is_finished(&self) -> bool {
+        self.task
+            .as_ref()
+            .is_none_or(tokio::task::JoinHandle::is_finished)
+    }
+}
+
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
     }
 }
 
@@ -220,6 +286,7 @@ impl DistributedCacheBuilder {
 #[derive(Clone)]
 pub struct DistributedCache {
     pub(crate) inner: Arc<Inner>,
+    staleness_check: Duration,
 }
 
 pub(crate) struct Inner {
@@ -253,8 +320,9 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
 }
 
-/// The outcome of a non-owner's coalesced load, as its followers see it.
-type Pending = Option<Result<Bytes, String>>;
+/// The outcome of a non-owner's coalesced load, as its followers see it: the leader's own
+/// error, kind and cause kept.
+type Pending = Option<Result<Bytes, Error>>;
 
 pub(crate) struct Flight {
     lease: u64,
@@ -430,6 +498,29 @@ impl DistributedCache {
     pub fn router(&self) -> axum::Router {
         crate::peer::router(self.inner.clone())
     }
+
+    /// Starts the background work on the current tokio runtime: every `staleness_check`
+    /// interval, entries whose own TTL ran out are swept, and (with peers) each peer's write
+    /// sequence number is compared with the invalidations applied here, so a hot copy cannot
+    /// outlive a lost invalidation by more than two intervals. Without it, expired entries
+    /// are still never served (they are checked on read), but their memory is freed only
+    /// when they are read or evicted, and lost invalidations are noticed only through gaps.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when called outside a tokio runtime.
+    pub fn start_maintenance(&self) -> Result<Maintenance, Error> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| Error::Unavailable {
+            endpoint: self.inner.id.to_string(),
+            reason: "cache maintenance needs a tokio runtime (start it inside one)".into(),
+            source: Some(Arc::new(e)),
+        })?;
+        let task = handle.spawn(maintenance(
+            Arc::downgrade(&self.inner),
+            self.staleness_check,
+        ));
+        Ok(Maintenance { task: Some(task) })
+    }
 }
 
 impl Inner {
@@ -438,28 +529,14 @@ impl Inner {
             return Err(Error::invalid_input("cache key", "it is empty"));
         }
         if key.len() > self.max_key {
-            return Err(Error::invalid_input(
-                "cache key",
-                format!(
-                    "it is {} bytes long, the limit is {}",
-                    key.len(),
-                    self.max_key
-                ),
-            ));
+            return Err(Error::too_large("cache key", key.len(), self.max_key));
         }
         Ok(())
     }
 
     pub(crate) fn check_value(&self, value: &[u8]) -> Result<(), Error> {
         if value.len() > self.max_value {
-            return Err(Error::invalid_input(
-                "cache value",
-                format!(
-                    "it is {} bytes long, the limit is {}",
-                    value.len(),
-                    self.max_value
-                ),
-            ));
+            return Err(Error::too_large("cache value", value.len(), self.max_value));
         }
         Ok(())
     }
@@ -503,7 +580,9 @@ impl Inner {
     fn mark_suspect(&self, id: &NodeId, why: &Error) {
         self.metrics.peer_errors.increment(1);
         tracing::warn!(peer = %id, error = %why, "cache peer failed; serving locally for a while");
-        lock(&self.suspects).insert(id.clone(), Instant::now() + self.suspect_for);
+        // A suspicion too long for the clock lasts as long as the process.
+        let until = from_now(self.suspect_for).unwrap_or_else(|| Instant::now() + MAX_TTL);
+        lock(&self.suspects).insert(id.clone(), until);
     }
 
     /// The entry to store: an explicit TTL is the entry's own (checked on read, swept);
@@ -579,7 +658,7 @@ impl Inner {
         let gap = {
             let mut seen = lock(&self.seen);
             let last = seen.entry(from.clone()).or_insert(0);
-            let gap = seq > *last + 1;
+            let gap = seq > last.saturating_add(1);
             *last = (*last).max(seq);
             gap
         };
@@ -612,7 +691,7 @@ impl Inner {
             key.to_owned(),
             Flight {
                 lease,
-                expires: now + self.load_timeout,
+                expires: now.checked_add(self.load_timeout).unwrap_or(now + MAX_TTL),
                 done: tx,
             },
         );
@@ -653,7 +732,7 @@ impl Inner {
 
     /// Owner side of `get_or_load`: loads at most once at a time per key, whoever asks.
     async fn load_as_owner(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
-        let deadline = Instant::now() + self.load_timeout;
+        let deadline = from_now(self.load_timeout);
         let mut loader = Some(loader);
         loop {
             match self.claim(key).await {
@@ -680,15 +759,12 @@ impl Inner {
                         }
                         Err(source) => {
                             self.complete(key, lease, None).await;
-                            return Err(Error::Load {
-                                key: key.to_owned(),
-                                source,
-                            });
+                            return Err(Error::load(key, source));
                         }
                     }
                 }
                 Claim::Wait(mut rx, expires) => {
-                    let until = expires.min(deadline);
+                    let until = deadline.map_or(expires, |d| expires.min(d));
                     let waited =
                         tokio::time::timeout_at(until.into(), rx.wait_for(Option::is_some)).await;
                     if let Ok(Ok(outcome)) = waited
@@ -699,7 +775,7 @@ impl Inner {
                     // Failed or timed out: claim again (the lease may now be ours).
                 }
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(Error::Timeout {
                     operation: "cache load",
                     after: self.load_timeout,
@@ -738,11 +814,7 @@ impl Inner {
                 })?
                 .clone();
             return match r {
-                Some(Ok(v)) => Ok(v),
-                Some(Err(reason)) => Err(Error::Load {
-                    key: key.to_owned(),
-                    source: reason.into(),
-                }),
+                Some(result) => result,
                 None => unreachable!("waited for Some"),
             };
         }
@@ -756,16 +828,7 @@ impl Inner {
         }
         let _clear = Clear(self, key);
         let r = self.remote_load(&owner, key, loader).await;
-        tx.send_replace(Some(r.as_ref().map(Bytes::clone).map_err(|e| {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(c) = src {
-                s.push_str(": ");
-                s.push_str(&c.to_string());
-                src = c.source();
-            }
-            s
-        })));
+        tx.send_replace(Some(r.clone()));
         r
     }
 
@@ -773,9 +836,9 @@ impl Inner {
         let Some(url) = self.peer_url(owner) else {
             return self.run_loader_here(key, loader).await;
         };
-        let deadline = Instant::now() + self.load_timeout;
+        let deadline = from_now(self.load_timeout);
         let mut loader = Some(loader);
-        while Instant::now() < deadline {
+        while deadline.is_none_or(|d| Instant::now() < d) {
             let started = Instant::now();
             match self.client.load(&url, key, self.load_timeout).await {
                 Ok(RemoteLoad::Value(v, ttl, seq)) => {
@@ -809,10 +872,7 @@ impl Inner {
                         }
                         Err(source) => {
                             let _ = self.client.abandon(&url, key, lease).await;
-                            Err(Error::Load {
-                                key: key.to_owned(),
-                                source,
-                            })
+                            Err(Error::load(key, source))
                         }
                     };
                 }
@@ -836,10 +896,10 @@ impl Inner {
     /// place a value lives, so nothing here can go stale).
     async fn run_loader_here(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
         self.metrics.loads.increment(1);
-        let loaded = loader.load().await.map_err(|source| Error::Load {
-            key: key.to_owned(),
-            source,
-        })?;
+        let loaded = loader
+            .load()
+            .await
+            .map_err(|source| Error::load(key, source))?;
         self.check_value(&loaded.value)?;
         Ok(loaded.value)
     }
@@ -933,6 +993,9 @@ impl Inner {
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), Error> {
         self.check_key(key)?;
         self.check_value(&value)?;
+        if let Some(t) = ttl {
+            check_ttl("ttl", t)?;
+        }
         let Some(owner) = self.remote_owner(key) else {
             self.set_owned(key, value, ttl).await;
             return Ok(());

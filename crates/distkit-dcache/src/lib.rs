@@ -101,6 +101,9 @@ mod metrics;
 pub mod peer;
 
 #[doc(inline)]
-pub use cache::{DEFAULT_MAX_KEY, DEFAULT_MAX_VALUE, DistributedCache, DistributedCacheBuilder};
+pub use cache::{
+    DEFAULT_MAX_KEY, DEFAULT_MAX_VALUE, DistributedCache, DistributedCacheBuilder, MAX_TTL,
+    Maintenance,
+};
 #[doc(inline)]
 pub use local::Capacity;

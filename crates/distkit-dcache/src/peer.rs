@@ -18,7 +18,8 @@
 //! | `GET /v1/peer/seq` | 200 `{"seq": N}` |
 //!
 //! Errors: 401 wrong or missing token, 400 malformed input, 413 key or value over the limit,
-//! always with a JSON body `{"error": "..."}`.
+//! always with the JSON body every distkit router sends (`{"error", "kind", "retryable"}`, see
+//! `distkit_core::ErrorBody`); the client hands the peer's reason on to the caller.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +30,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use distkit_core::{ClusterToken, Error, NodeId};
+use distkit_core::{ClusterToken, Error, ErrorBody, NodeId};
 use serde::Deserialize;
 
 use crate::cache::{Claim, Inner};
@@ -60,6 +61,7 @@ pub(crate) enum RemoteLoad {
 #[derive(Clone, Debug)]
 pub(crate) struct PeerClient {
     http: reqwest::Client,
+    timeout: Duration,
     /// What this node presents; empty when it has no peers (nothing is then sent).
     token: Arc<str>,
 }
@@ -76,6 +78,7 @@ impl PeerClient {
             .map_err(|e| Error::invalid_input("http client", e.to_string()))?;
         Ok(Self {
             http,
+            timeout,
             token: token.into(),
         })
     }
@@ -107,11 +110,20 @@ impl PeerClient {
         req: reqwest::RequestBuilder,
         what: &str,
     ) -> Result<reqwest::Response, Error> {
+        self.send_within(req, what, self.timeout).await
+    }
+
+    async fn send_within(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+        limit: Duration,
+    ) -> Result<reqwest::Response, Error> {
         req.send().await.map_err(|e| {
             if e.is_timeout() {
                 Error::Timeout {
                     operation: "cache peer request",
-                    after: Duration::ZERO,
+                    after: limit,
                 }
             } else {
                 Error::unavailable(what.to_owned(), "the request failed", e)
@@ -125,8 +137,29 @@ impl PeerClient {
             .map_err(|e| Error::unavailable(what.to_owned(), "the response was cut off", e))
     }
 
-    fn protocol(resp: &reqwest::Response, what: &str) -> Error {
-        Error::protocol(what.to_owned(), format!("answered {}", resp.status()))
+    /// A peer's refusal, with the peer's own reason and kind: a 413 stays a size error, a
+    /// 400 a bad input, a 503 a retryable outage.
+    async fn refused(resp: reqwest::Response, what: &str) -> Error {
+        let status = resp.status();
+        let body: Option<ErrorBody> = resp
+            .bytes()
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let reason = body.as_ref().map_or_else(
+            || format!("answered {status}"),
+            |b| format!("answered {status}: {}", b.error),
+        );
+        match status {
+            StatusCode::BAD_REQUEST => Error::invalid_input("cache request", reason),
+            StatusCode::PAYLOAD_TOO_LARGE => Error::invalid_input("cache request size", reason),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => Error::Unavailable {
+                endpoint: what.to_owned(),
+                reason,
+                source: None,
+            },
+            _ => Error::protocol(what.to_owned(), reason),
+        }
     }
 
     pub(crate) async fn get(
@@ -146,7 +179,7 @@ impl PeerClient {
                 Ok(Some((Self::body(resp, base).await?, ttl, seq)))
             }
             StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(Self::protocol(&resp, base)),
+            _ => Err(Self::refused(resp, base).await),
         }
     }
 
@@ -194,7 +227,7 @@ impl PeerClient {
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(Self::protocol(&resp, base))
+            Err(Self::refused(resp, base).await)
         }
     }
 
@@ -206,7 +239,7 @@ impl PeerClient {
             )
             .await?;
         if !resp.status().is_success() {
-            return Err(Self::protocol(&resp, base));
+            return Err(Self::refused(resp, base).await);
         }
         let v: serde_json::Value = serde_json::from_slice(&Self::body(resp, base).await?)
             .map_err(|e| Error::protocol(base.to_owned(), e.to_string()))?;
@@ -219,10 +252,11 @@ impl PeerClient {
         key: &str,
         wait: Duration,
     ) -> Result<RemoteLoad, Error> {
+        let limit = wait.saturating_add(Duration::from_secs(1));
         let req = self
             .request(reqwest::Method::POST, Self::url(base, key, Some("load"))?)
-            .timeout(wait + Duration::from_secs(1));
-        let resp = self.send(req, base).await?;
+            .timeout(limit);
+        let resp = self.send_within(req, base, limit).await?;
         match resp.status() {
             StatusCode::OK => {
                 let (ttl, seq) = (ttl_of(resp.headers()), seq_of(resp.headers()));
@@ -238,7 +272,7 @@ impl PeerClient {
                     .ok_or_else(|| Error::protocol(base.to_owned(), "no lease in a 202 answer"))
             }
             StatusCode::CONFLICT => Ok(RemoteLoad::Retry),
-            _ => Err(Self::protocol(&resp, base)),
+            _ => Err(Self::refused(resp, base).await),
         }
     }
 
@@ -252,7 +286,7 @@ impl PeerClient {
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(Self::protocol(&resp, base))
+            Err(Self::refused(resp, base).await)
         }
     }
 
@@ -274,7 +308,7 @@ impl PeerClient {
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(Self::protocol(&resp, base))
+            Err(Self::refused(resp, base).await)
         }
     }
 
@@ -284,7 +318,7 @@ impl PeerClient {
             .send(self.http.get(url).bearer_auth(&*self.token), base)
             .await?;
         if !resp.status().is_success() {
-            return Err(Self::protocol(&resp, base));
+            return Err(Self::refused(resp, base).await);
         }
         let v: serde_json::Value = serde_json::from_slice(&Self::body(resp, base).await?)
             .map_err(|e| Error::protocol(base.to_owned(), e.to_string()))?;
@@ -323,20 +357,9 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .with_state(inner)
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
-}
-
-fn refuse(e: &Error) -> Response {
-    match e {
-        Error::InvalidInput { what, .. }
-            if what.starts_with("cache") && e.to_string().contains("limit") =>
-        {
-            error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string())
-        }
-        Error::InvalidInput { .. } => error(StatusCode::BAD_REQUEST, &e.to_string()),
-        _ => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    }
+/// A refusal that is not an [`Error`]: the same JSON body every distkit router sends.
+fn error(kind: &str, message: &str) -> Response {
+    ErrorBody::new(kind, message).into_response()
 }
 
 /// Checks the token and decodes the key (the path extractor percent-decodes; bytes that are
@@ -348,13 +371,10 @@ fn admit(
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<String, Response> {
     if !authorized(headers, inner.token.as_ref()) {
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong cluster token",
-        ));
+        return Err(error("unauthorized", "missing or wrong cluster token"));
     }
-    let Path(key) = key.map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad key: {e}")))?;
-    inner.check_key(&key).map_err(|e| refuse(&e))?;
+    let Path(key) = key.map_err(|e| error("invalid_input", &format!("bad key: {e}")))?;
+    inner.check_key(&key).map_err(IntoResponse::into_response)?;
     Ok(key)
 }
 
@@ -402,7 +422,7 @@ async fn get_key(
     let key = admit(&inner, &headers, key)?;
     match inner.get_owned(&key).await {
         Some(e) => Ok(value_response(&inner, e)),
-        None => Err(error(StatusCode::NOT_FOUND, "not cached")),
+        None => Err(error("not_found", "not cached")),
     }
 }
 
@@ -416,7 +436,7 @@ async fn read_value(inner: &Inner, body: Body) -> Result<Bytes, Response> {
         .await
         .map_err(|_| {
             error(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
                 &format!("values are at most {} bytes", inner.max_value),
             )
         })
@@ -431,18 +451,23 @@ async fn put_key(
 ) -> Reply {
     let key = admit(&inner, &headers, key)?;
     let Ok(Query(q)) = query else {
-        return Err(error(StatusCode::BAD_REQUEST, "bad lease"));
+        return Err(error("invalid_input", "bad lease"));
     };
     let ttl = match headers
         .get(TTL_HEADER)
         .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()))
     {
         None => None,
-        Some(Some(ms)) if ms > 0 => Some(Duration::from_millis(ms)),
+        Some(Some(ms)) if ms > 0 && Duration::from_millis(ms) <= crate::MAX_TTL => {
+            Some(Duration::from_millis(ms))
+        }
         Some(_) => {
             return Err(error(
-                StatusCode::BAD_REQUEST,
-                "x-distkit-ttl-ms must be a positive whole number",
+                "invalid_input",
+                &format!(
+                    "x-distkit-ttl-ms must be a whole number from 1 to {}",
+                    crate::MAX_TTL.as_millis()
+                ),
             ));
         }
     };
@@ -482,10 +507,12 @@ async fn load_key(
                 tokio::time::timeout_at(expires.into(), rx.wait_for(Option::is_some)).await;
             match waited.ok().and_then(Result::ok).and_then(|o| o.clone()) {
                 Some(crate::cache::Outcome::Value(e)) => Ok(value_response(&inner, e)),
-                _ => Err(error(
+                _ => Err((
                     StatusCode::CONFLICT,
-                    "the load failed or timed out; claim again",
-                )),
+                    ErrorBody::new("conflict", "the load failed or timed out; claim again")
+                        .to_json(),
+                )
+                    .into_response()),
             }
         }
     }
@@ -503,7 +530,7 @@ async fn abandon_key(
             inner.complete(&key, lease, None).await;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        _ => Err(error(StatusCode::BAD_REQUEST, "abandon needs ?lease=N")),
+        _ => Err(error("invalid_input", "abandon needs ?lease=N")),
     }
 }
 
@@ -516,28 +543,19 @@ struct Invalidation {
 
 async fn invalidate(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Body) -> Response {
     if !authorized(&headers, inner.token.as_ref()) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
+        return error("unauthorized", "missing or wrong cluster token");
     }
     let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalidations are at most 64 KiB",
-        );
+        return error("too_large", "invalidations are at most 64 KiB");
     };
     let msg: Invalidation = match serde_json::from_slice(&body) {
         Ok(m) => m,
         Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("malformed invalidation: {e}"),
-            );
+            return error("invalid_input", &format!("malformed invalidation: {e}"));
         }
     };
     if !inner.is_peer(&msg.from) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("{} is not a peer", msg.from),
-        );
+        return error("invalid_input", &format!("{} is not a peer", msg.from));
     }
     inner.invalidated(&msg.from, msg.seq, &msg.keys).await;
     StatusCode::NO_CONTENT.into_response()
@@ -545,7 +563,7 @@ async fn invalidate(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: B
 
 async fn seq(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
     if !authorized(&headers, inner.token.as_ref()) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
+        return error("unauthorized", "missing or wrong cluster token");
     }
     let seq = inner.seq.load(std::sync::atomic::Ordering::SeqCst);
     axum::Json(serde_json::json!({ "seq": seq })).into_response()

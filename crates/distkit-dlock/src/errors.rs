@@ -5,14 +5,15 @@ use std::time::Duration;
 use distkit_core::Error;
 
 /// Maps a Redis error seen while talking to `endpoint` into [`Error`]: refused, dropped and
-/// I/O failures are retryable [`Error::Unavailable`], timeouts [`Error::Timeout`], refused
-/// credentials and wrong-typed keys non-retryable [`Error::Protocol`].
-pub(crate) fn from_redis(endpoint: &str, e: redis::RedisError) -> Error {
+/// I/O failures are retryable [`Error::Unavailable`], timeouts [`Error::Timeout`] (after
+/// `timeout`, the limit the connection was configured with), refused credentials, wrong-typed
+/// keys and distkit's own script refusals non-retryable [`Error::Protocol`].
+pub(crate) fn from_redis(endpoint: &str, timeout: Duration, e: redis::RedisError) -> Error {
     let code = e.code().unwrap_or("");
     if e.is_timeout() {
         return Error::Timeout {
             operation: "redis command",
-            after: Duration::ZERO,
+            after: timeout,
         };
     }
     if e.is_connection_refusal() {
@@ -25,20 +26,31 @@ pub(crate) fn from_redis(endpoint: &str, e: redis::RedisError) -> Error {
     if matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
         || matches!(code, "NOAUTH" | "WRONGPASS")
     {
-        return Error::Protocol {
-            peer: format!("redis at {endpoint}"),
-            reason: "refused the credentials (check the user and password in the URL)".into(),
-            source: Some(Box::new(e)),
-        };
+        return Error::protocol_with(
+            format!("redis at {endpoint}"),
+            "refused the credentials (check the user and password in the URL)",
+            e,
+        );
     }
-    if code == "WRONGTYPE" || e.to_string().contains("DISTKIT_NOT_A_LOCK") {
-        return Error::Protocol {
-            peer: format!("redis at {endpoint}"),
-            reason: "the lock key holds a value that is not a distkit lock (another program uses \
-                     the key; choose another lock name or key prefix)"
-                .into(),
-            source: Some(Box::new(e)),
-        };
+    if code.starts_with("DISTKIT_") {
+        // Our scripts name the key that is wrong and what is wrong with it.
+        let detail = e.detail().unwrap_or("a lock key holds an unexpected value");
+        return Error::protocol_with(
+            format!("redis at {endpoint}"),
+            format!(
+                "{detail} (another program uses the key, or it was edited by hand; choose \
+                 another lock name or key prefix, or delete the key)"
+            ),
+            e,
+        );
+    }
+    if code == "WRONGTYPE" {
+        return Error::protocol_with(
+            format!("redis at {endpoint}"),
+            "a lock key holds a value of another type (another program uses the key; choose \
+             another lock name or key prefix)",
+            e,
+        );
     }
     if e.is_io_error()
         || e.is_connection_dropped()
@@ -46,17 +58,13 @@ pub(crate) fn from_redis(endpoint: &str, e: redis::RedisError) -> Error {
     {
         return Error::unavailable(format!("redis at {endpoint}"), "the connection failed", e);
     }
-    Error::Protocol {
-        peer: format!("redis at {endpoint}"),
-        reason: "answered with an error".into(),
-        source: Some(Box::new(e)),
-    }
+    Error::protocol_with(format!("redis at {endpoint}"), "answered with an error", e)
 }
 
 /// Maps a pool failure (no connection within the time limit, or the connection attempt failed).
 pub(crate) fn from_pool(endpoint: &str, timeout: Duration, e: deadpool_redis::PoolError) -> Error {
     match e {
-        deadpool_redis::PoolError::Backend(e) => from_redis(endpoint, e),
+        deadpool_redis::PoolError::Backend(e) => from_redis(endpoint, timeout, e),
         deadpool_redis::PoolError::Timeout(_) => Error::Timeout {
             operation: "getting a redis connection",
             after: timeout,

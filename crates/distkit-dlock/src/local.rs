@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use crate::name::validate;
 use crate::redis_lock::DEFAULT_TTL;
-use crate::util::{guard, random_token, validate_ttl};
+use crate::util::{Deadline, guard, random_token, validate_ttl};
 
 /// An in-process lock table with the semantics of [`RedisLock`](crate::RedisLock): leases
 /// with TTLs, secret tokens, strictly increasing fencing tokens, waiters woken on release (and
@@ -127,7 +127,8 @@ impl DistributedLock for LocalLock {
         let ttl = options.ttl_value().unwrap_or(self.inner.ttl);
         validate_ttl(ttl)?;
         let started = Instant::now();
-        let deadline = started + options.wait_limit().unwrap_or(Duration::ZERO);
+        let wait = options.wait_limit().unwrap_or(Duration::ZERO);
+        let deadline = Deadline::after(started, wait);
         loop {
             let now = Instant::now();
             let notify;
@@ -152,7 +153,7 @@ impl DistributedLock for LocalLock {
                     }
                 }
             }
-            if now >= deadline {
+            if wait.is_zero() || deadline.passed(now) {
                 return Err(Error::Busy {
                     what: format!("lock {name:?}"),
                     waited: now - started,
@@ -167,10 +168,11 @@ impl DistributedLock for LocalLock {
                 .get(name)
                 .is_some_and(|s| s.held_by_other(Instant::now()).is_some())
             {
-                let wake = expires.min(deadline);
+                let now = Instant::now();
+                let wake = deadline.cap(now, expires.saturating_duration_since(now));
                 tokio::select! {
                     () = notified => {}
-                    () = tokio::time::sleep_until(wake.into()) => {}
+                    () = tokio::time::sleep(wake) => {}
                 }
             }
         }

@@ -12,9 +12,9 @@ use redis::aio::MultiplexedConnection;
 
 use crate::errors::{from_pool, from_redis};
 use crate::name::{Keys, validate};
-use crate::notify::Notifier;
+use crate::notify::{Notifier, Registration};
 use crate::scripts;
-use crate::util::{Backoff, guard, random_token, validate_ttl};
+use crate::util::{Backoff, Deadline, guard, random_token, validate_ttl};
 
 /// Default lease length (Redisson's watchdog default).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -149,8 +149,9 @@ impl RedisLockBuilder {
 ///   [`FencingToken`] larger than all earlier ones for that name.
 /// * **Release / extend**: compare-token scripts; a lease that expired or passed to another
 ///   holder is never touched. Release publishes on the lock's channel.
-/// * **Waiting**: waiters subscribe to the release channel before their failed attempt and
-///   retry on the message; they also wake when the holder's TTL runs out (a crashed holder
+/// * **Waiting**: an acquire tries first; only when the lock is held does it subscribe to the
+///   release channel, try once more (so no release slips in between), and then retry on the
+///   message; they also wake when the holder's TTL runs out (a crashed holder
 ///   publishes nothing), and poll with jittered backoff when pub/sub is unavailable.
 /// * **Cancellation**: if the caller's acquire future is dropped while a grant is in flight,
 ///   a release follows on the same connection, so no orphaned lock waits out its TTL.
@@ -267,7 +268,9 @@ impl RedisLock {
             .get()
             .await
             .map_err(|e| from_pool(&self.inner.endpoint, self.inner.op_timeout, e))?;
-        let mux = (*pooled).clone();
+        let mut mux = (*pooled).clone();
+        // The configured limit, not the client's own 500 ms default, cuts every command.
+        mux.set_response_timeout(self.inner.op_timeout);
         let mut live = self.live();
         if live.is_none() {
             *live = Some(Live {
@@ -290,7 +293,7 @@ impl RedisLock {
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Error> {
         let r = match tokio::time::timeout(self.inner.op_timeout, fut).await {
-            Ok(r) => r.map_err(|e| from_redis(&self.inner.endpoint, e)),
+            Ok(r) => r.map_err(|e| from_redis(&self.inner.endpoint, self.inner.op_timeout, e)),
             Err(_) => Err(Error::Timeout {
                 operation: "redis command",
                 after: self.inner.op_timeout,
@@ -332,8 +335,19 @@ impl RedisLock {
             .await;
         match reply {
             Ok((1, fence)) => {
+                let Ok(fence) = u64::try_from(fence) else {
+                    // The script never grants a negative token; release rather than hand out
+                    // a grant whose token means nothing (`pending` releases on drop).
+                    return Err(Error::protocol(
+                        format!("redis at {}", self.inner.endpoint),
+                        format!(
+                            "granted {} with a negative fencing token {fence}",
+                            keys.lock
+                        ),
+                    ));
+                };
                 pending.disarm();
-                Ok(Attempt::Granted(FencingToken::new(fence.max(0) as u64)))
+                Ok(Attempt::Granted(FencingToken::new(fence)))
             }
             Ok((_, pttl)) => {
                 pending.disarm();
@@ -458,14 +472,11 @@ impl DistributedLock for RedisLock {
         let keys = Keys::new(&self.inner.prefix, name);
         let token = random_token();
         let started = Instant::now();
-        let deadline = started + wait;
-        // Subscribe before the first attempt, so no release can slip between a failed attempt
-        // and the wait (only when we may wait at all).
-        let registration = if wait.is_zero() {
-            None
-        } else {
-            Some(self.inner.notifier.register(&keys.channel).await)
-        };
+        let deadline = Deadline::after(started, wait);
+        // Try first: an uncontended acquire pays one round trip. Only when the lock is held
+        // (and we may wait) subscribe to its release channel, then try once more before
+        // sleeping, so no release can slip between the failed attempt and the wait.
+        let mut registration: Option<Registration> = None;
         let mut backoff = Backoff::new();
         loop {
             let notified = registration.as_ref().map(|r| {
@@ -487,11 +498,16 @@ impl DistributedLock for RedisLock {
                     return Ok(guard(lease, Arc::new(self.clone()), watchdog, renew_every));
                 }
                 Ok(Attempt::Held { pttl }) => {
-                    if now >= deadline {
+                    if wait.is_zero() || deadline.passed(now) {
                         return Err(Error::Busy {
                             what: format!("lock {name:?}"),
                             waited: now - started,
                         });
+                    }
+                    if registration.is_none() {
+                        drop(notified);
+                        registration = Some(self.inner.notifier.register(&keys.channel).await);
+                        continue;
                     }
                     let subscribed = registration.as_ref().is_some_and(|r| r.subscribed);
                     let poll = if subscribed {
@@ -501,7 +517,7 @@ impl DistributedLock for RedisLock {
                     };
                     // Wake when the holder's lease runs out: a crashed holder sends no message.
                     let until_expiry = pttl.map_or(poll, |p| p + Duration::from_millis(1));
-                    let sleep = poll.min(until_expiry).min(deadline - now);
+                    let sleep = deadline.cap(now, poll.min(until_expiry));
                     match notified {
                         Some(n) => {
                             tokio::select! {
@@ -512,9 +528,9 @@ impl DistributedLock for RedisLock {
                         None => tokio::time::sleep(sleep).await,
                     }
                 }
-                Err(e) if e.is_retryable() && now < deadline => {
+                Err(e) if e.is_retryable() && !wait.is_zero() && !deadline.passed(now) => {
                     tracing::debug!(lock = name, error = %e, "acquire attempt failed; retrying");
-                    tokio::time::sleep(backoff.next_poll().min(deadline - now)).await;
+                    tokio::time::sleep(deadline.cap(now, backoff.next_poll())).await;
                 }
                 Err(e) => return Err(e),
             }

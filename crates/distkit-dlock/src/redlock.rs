@@ -12,7 +12,7 @@ use futures_util::future::join_all;
 
 use crate::name::{Keys, validate};
 use crate::redis_lock::{Attempt, DEFAULT_PREFIX, DEFAULT_TTL, RedisLock};
-use crate::util::{guard, random_token, uniform, validate_ttl};
+use crate::util::{Deadline, guard, random_token, uniform, validate_ttl};
 
 /// Configures a [`Redlock`].
 #[derive(Clone, Debug)]
@@ -258,7 +258,8 @@ impl DistributedLock for Redlock {
         validate_ttl(ttl)?;
         let keys = Keys::new(&self.inner.prefix, name);
         let started = Instant::now();
-        let deadline = started + options.wait_limit().unwrap_or(Duration::ZERO);
+        let wait = options.wait_limit().unwrap_or(Duration::ZERO);
+        let deadline = Deadline::after(started, wait);
         let n = self.inner.nodes.len();
         loop {
             let token = random_token();
@@ -279,7 +280,7 @@ impl DistributedLock for Redlock {
             self.release_everywhere(name, token, FencingToken::default())
                 .await;
             let now = Instant::now();
-            if now >= deadline {
+            if wait.is_zero() || deadline.passed(now) {
                 if answered < self.inner.quorum {
                     return Err(Error::Unavailable {
                         endpoint: "redlock".into(),
@@ -296,7 +297,7 @@ impl DistributedLock for Redlock {
                 });
             }
             let (lo, hi) = self.inner.retry_delay;
-            tokio::time::sleep(uniform(lo, hi).min(deadline - now)).await;
+            tokio::time::sleep(deadline.cap(now, uniform(lo, hi))).await;
         }
     }
 

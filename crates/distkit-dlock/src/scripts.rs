@@ -12,13 +12,17 @@ use redis::Script;
 /// The token is `max(previous + 1, server time in microseconds)`: strictly increasing per
 /// lock, and still larger than every earlier token after a restart that lost the counter (as
 /// long as the server's clock did not step back).
+///
+/// Lua counts in doubles, exact only below 2^53: a counter that is not a whole number in
+/// `[0, 2^53 - 1)` is refused with an error that names the counter's key, never incremented
+/// into a token that does not grow.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local cur = redis.call('GET', KEYS[1])
 if cur then
   if string.len(cur) ~= 32 or string.find(cur, '[^0-9a-f]') then
-    return redis.error_reply('DISTKIT_NOT_A_LOCK the key holds a value that is not a distkit lock token')
+    return redis.error_reply('DISTKIT_NOT_A_LOCK the lock key ' .. KEYS[1] .. ' holds a value that is not a distkit lock token')
   end
   return {0, redis.call('PTTL', KEYS[1])}
 end
@@ -26,8 +30,8 @@ local prev = redis.call('GET', KEYS[2])
 local n = 0
 if prev then
   n = tonumber(prev)
-  if not n then
-    return redis.error_reply('DISTKIT_NOT_A_LOCK the fencing counter holds a non-number')
+  if not n or n ~= math.floor(n) or n < 0 or n >= 9007199254740991 then
+    return redis.error_reply('DISTKIT_BAD_FENCE the fencing counter ' .. KEYS[2] .. ' holds ' .. string.sub(prev, 1, 40) .. ', not a whole number below 2^53 - 1')
   end
 end
 n = n + 1

@@ -25,6 +25,29 @@ pub(crate) fn validate_ttl(ttl: Duration) -> Result<(), Error> {
     Ok(())
 }
 
+/// When a wait ends: `None` inside means never (a wait too long for the clock to represent,
+/// such as `Duration::MAX`, waits forever instead of overflowing).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// `wait` after `start`.
+    pub(crate) fn after(start: Instant, wait: Duration) -> Self {
+        Self(start.checked_add(wait))
+    }
+
+    /// Whether the deadline has passed at `now`.
+    pub(crate) fn passed(self, now: Instant) -> bool {
+        self.0.is_some_and(|d| now >= d)
+    }
+
+    /// `d`, shortened to what is left of the wait at `now`.
+    pub(crate) fn cap(self, now: Instant, d: Duration) -> Duration {
+        self.0
+            .map_or(d, |dl| d.min(dl.saturating_duration_since(now)))
+    }
+}
+
 /// Jittered exponential backoff for polling and retries.
 #[derive(Debug)]
 pub(crate) struct Backoff {

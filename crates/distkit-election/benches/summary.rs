@@ -244,7 +244,7 @@ async fn http_failover(trials: usize) -> Vec<f64> {
         let crashed = Instant::now();
         n.server.abort();
         let _ = n.server.await;
-        n.elector.stop().await;
+        n.elector.shutdown().await;
         loop {
             if let Some((l, t)) = leader_of(&nodes)
                 && l != old
@@ -265,7 +265,7 @@ async fn http_failover(trials: usize) -> Vec<f64> {
     }
     for n in nodes.into_iter().flatten() {
         n.server.abort();
-        n.elector.stop().await;
+        n.elector.shutdown().await;
     }
     out
 }
@@ -314,7 +314,7 @@ async fn lease_failover(trials: usize) -> Vec<f64> {
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
         for m in &ms {
-            m.stop();
+            m.shutdown().await;
         }
     }
     out

@@ -58,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let (elector, server) = nodes.remove(leader);
     server.abort();
-    elector.stop().await;
+    elector.shutdown().await;
     let killed = Instant::now();
     println!("killed {}", ids[leader]);
     loop {

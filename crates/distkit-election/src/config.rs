@@ -4,7 +4,14 @@ use std::time::Duration;
 
 use distkit_core::{Error, NodeId};
 
+/// The longest election timeout accepted: an hour is far beyond any useful election, and the
+/// bound keeps every deadline the core computes far from overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Election settings for one node. Build with [`Config::builder`].
+///
+/// A node without peers is a cluster of one: it elects itself on its first tick and holds a
+/// lease for as long as it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub(crate) id: NodeId,
@@ -127,14 +134,12 @@ impl ConfigBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] without peers, with duplicate peers or the node among its own
-    /// peers, with `min >= max`, a zero heartbeat or one not under half the minimum timeout,
+    /// [`Error::InvalidInput`] with duplicate peers or the node among its own peers, with
+    /// `min >= max`, a maximum timeout over an hour, a zero heartbeat or one not under half the minimum timeout,
     /// or a drift not under the minimum timeout.
     pub fn build(self) -> Result<Config, Error> {
         let bad = |reason: String| Err(Error::invalid_input("election config", reason));
-        if self.peers.is_empty() {
-            return bad("at least one peer is needed (an election of one decides nothing)".into());
-        }
+        // No peers is a cluster of one: it leads at once (a laptop, a dev setup).
         let mut seen = std::collections::HashSet::new();
         for p in &self.peers {
             if p == &self.id {
@@ -152,7 +157,13 @@ impl ConfigBuilder {
                 self.timeout_min, self.timeout_max
             ));
         }
-        if self.heartbeat.is_zero() || self.heartbeat * 2 > self.timeout_min {
+        if self.timeout_max > MAX_TIMEOUT {
+            return bad(format!(
+                "the maximum election timeout must be at most {MAX_TIMEOUT:?}, got {:?}",
+                self.timeout_max
+            ));
+        }
+        if self.heartbeat.is_zero() || self.heartbeat.saturating_mul(2) > self.timeout_min {
             return bad(format!(
                 "the heartbeat ({:?}) must be greater than zero and at most half the minimum election timeout ({:?})",
                 self.heartbeat, self.timeout_min
@@ -204,8 +215,8 @@ mod tests {
         let ms = Duration::from_millis;
         let base = || Config::builder(id("a"), [id("b"), id("c")]);
         for b in [
-            Config::builder(id("a"), []),
             Config::builder(id("a"), [id("a")]),
+            base().election_timeout(ms(150), Duration::MAX),
             Config::builder(id("a"), [id("b"), id("b")]),
             base().election_timeout(ms(300), ms(300)),
             base().election_timeout(ms(0), ms(300)),
@@ -215,5 +226,12 @@ mod tests {
         ] {
             assert!(matches!(b.build(), Err(Error::InvalidInput { .. })));
         }
+    }
+
+    #[test]
+    fn a_cluster_of_one_is_allowed() {
+        let c = Config::builder(id("a"), []).build().unwrap();
+        assert_eq!(c.quorum(), 1);
+        assert!(c.peers().is_empty());
     }
 }

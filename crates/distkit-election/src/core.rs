@@ -5,6 +5,11 @@
 //! of its choosing) and a random number in `[0, 1)` with every input; the core returns what
 //! to persist, what to send and whether leadership changed. The tokio runtime, the simulator
 //! and the tests drive the same code.
+//!
+//! The core never panics on its inputs: a random number outside `[0, 1)` is clamped into it
+//! (NaN counts as 0.5), deadlines computed from a clock near `Duration::MAX` saturate there
+//! (a timer that never fires, not a panic), and a message whose term is above
+//! [`Term::MAX`] is refused with [`Rejected::TermOutOfRange`].
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -85,6 +90,33 @@ pub struct Output {
     pub leadership: Option<Leadership>,
 }
 
+/// A message with its sender and addressee, as it travels between peers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The sender.
+    pub from: NodeId,
+    /// The addressee.
+    pub to: NodeId,
+    /// The message.
+    pub msg: Message,
+}
+
+impl Message {
+    /// The term the message carries.
+    #[must_use]
+    pub fn term(&self) -> Term {
+        match self {
+            Self::PreVote { term }
+            | Self::PreVoteReply { term, .. }
+            | Self::Vote { term, .. }
+            | Self::VoteReply { term, .. }
+            | Self::Heartbeat { term, .. }
+            | Self::HeartbeatReply { term, .. }
+            | Self::TimeoutNow { term } => *term,
+        }
+    }
+}
+
 /// Why an input was refused without any state change.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -92,6 +124,13 @@ pub enum Rejected {
     /// The sender is not a member of this cluster.
     #[error("{0} is not a member of this election")]
     UnknownPeer(NodeId),
+    /// The message was addressed to another node.
+    #[error("the message is addressed to {0}, not to this node")]
+    Misaddressed(NodeId),
+    /// The message carries a term above [`Term::MAX`] (see the rule for extreme terms on
+    /// [`Term`]): a protocol error, never adopted.
+    #[error("term {0} is above the largest valid term")]
+    TermOutOfRange(Term),
     /// A transfer target that is not a peer.
     #[error("{0} is not a peer to transfer leadership to")]
     NotAPeer(NodeId),
@@ -119,7 +158,8 @@ pub struct Election {
 impl Election {
     /// Starts (or restarts) a node from its persisted state. A restarted node treats the
     /// start as contact with a leader, so it grants no vote within the minimum election
-    /// timeout (it may have acknowledged a leader's lease just before going down).
+    /// timeout (it may have acknowledged a leader's lease just before going down). A node
+    /// without peers (a cluster of one) elects itself on its first [`tick`](Self::tick).
     #[must_use]
     pub fn new(cfg: Config, hs: HardState, now: Duration, random: f64) -> Self {
         let mut e = Self {
@@ -137,6 +177,9 @@ impl Election {
         };
         e.published = e.leadership();
         e.reset_election_timer(now, random);
+        if e.cfg.peers.is_empty() {
+            e.election_deadline = now;
+        }
         e
     }
 
@@ -180,12 +223,16 @@ impl Election {
         if self.role != Role::Leader {
             return None;
         }
-        let mut sent: Vec<Duration> = self.acks.values().map(|(s, _)| *s).collect();
-        sent.sort_unstable_by(|a, b| b.cmp(a));
         // The leader counts itself; it needs quorum - 1 peers.
         let need = self.cfg.quorum() - 1;
-        let oldest_needed = *sent.get(need.checked_sub(1)?)?;
-        Some(oldest_needed + self.cfg.lease())
+        let Some(index) = need.checked_sub(1) else {
+            // A cluster of one: no other node can lead, ever.
+            return Some(Duration::MAX);
+        };
+        let mut sent: Vec<Duration> = self.acks.values().map(|(s, _)| *s).collect();
+        sent.sort_unstable_by(|a, b| b.cmp(a));
+        let oldest_needed = *sent.get(index)?;
+        Some(oldest_needed.saturating_add(self.cfg.lease()))
     }
 
     /// Whether this node leads and holds a lease at `now`.
@@ -198,7 +245,9 @@ impl Election {
     pub fn tick(&mut self, now: Duration, random: f64) -> Output {
         let mut out = Output::default();
         if self.role == Role::Leader {
-            if self.cfg.check_quorum && now >= self.became_leader_at + self.cfg.timeout_min {
+            if self.cfg.check_quorum
+                && now >= self.became_leader_at.saturating_add(self.cfg.timeout_min)
+            {
                 let since = now.saturating_sub(self.cfg.timeout_min);
                 let heard = self
                     .acks
@@ -229,11 +278,30 @@ impl Election {
         out
     }
 
+    /// Handles an envelope as it came off the network: refuses one addressed to another
+    /// node, then [`step`](Self::step)s its message.
+    ///
+    /// # Errors
+    ///
+    /// [`Rejected::Misaddressed`], and as for [`step`](Self::step); nothing changes then.
+    pub fn receive(
+        &mut self,
+        now: Duration,
+        envelope: Envelope,
+        random: f64,
+    ) -> Result<Output, Rejected> {
+        if envelope.to != self.cfg.id {
+            return Err(Rejected::Misaddressed(envelope.to));
+        }
+        self.step(now, &envelope.from, envelope.msg, random)
+    }
+
     /// Handles a message from `from`.
     ///
     /// # Errors
     ///
-    /// [`Rejected::UnknownPeer`] when `from` is not a member; nothing changes then.
+    /// [`Rejected::UnknownPeer`] when `from` is not a member, [`Rejected::TermOutOfRange`]
+    /// when the message's term is above [`Term::MAX`]; nothing changes then.
     pub fn step(
         &mut self,
         now: Duration,
@@ -243,6 +311,9 @@ impl Election {
     ) -> Result<Output, Rejected> {
         if !self.cfg.peers.contains(from) {
             return Err(Rejected::UnknownPeer(from.clone()));
+        }
+        if !msg.term().is_valid() {
+            return Err(Rejected::TermOutOfRange(msg.term()));
         }
         let mut out = Output::default();
         match msg {
@@ -290,7 +361,8 @@ impl Election {
             }
             Message::PreVoteReply { term, granted } => {
                 if granted {
-                    if self.role == Role::PreCandidate && term == self.hs.term.next() {
+                    if self.role == Role::PreCandidate && Some(term) == self.hs.term.checked_next()
+                    {
                         self.votes.insert(from.clone());
                         if self.votes.len() >= self.cfg.quorum() {
                             self.become_candidate(now, random, false, &mut out);
@@ -346,6 +418,13 @@ impl Election {
                 }
             }
             Message::TimeoutNow { term } => {
+                if term > self.hs.term {
+                    // Every higher term moves this node to it (Raft 5.1). Only a leader sends
+                    // TimeoutNow, so the sender led that term: follow it, then take the
+                    // hand-over as from the leader we follow (as etcd's raft does).
+                    self.adopt_term(term, &mut out);
+                    self.become_follower(now, random, Some(from.clone()));
+                }
                 // Only the leader we follow may hand over to us.
                 if term == self.hs.term && self.leader.as_ref() == Some(from) {
                     self.become_candidate(now, random, true, &mut out);
@@ -393,7 +472,9 @@ impl Election {
         let term = self.hs.term;
         self.become_follower(now, random, None);
         // Stay out of the next election: the target (or the others) should win it.
-        self.election_deadline = now + self.cfg.timeout_max + self.cfg.timeout_min;
+        self.election_deadline = now
+            .saturating_add(self.cfg.timeout_max)
+            .saturating_add(self.cfg.timeout_min);
         if let Some(to) = to {
             out.send.push((to, Message::TimeoutNow { term }));
         }
@@ -402,7 +483,11 @@ impl Election {
     }
 
     fn in_lease(&self, now: Duration) -> bool {
-        self.role == Role::Leader || now < self.last_leader_contact + self.cfg.timeout_min
+        self.role == Role::Leader
+            || now
+                < self
+                    .last_leader_contact
+                    .saturating_add(self.cfg.timeout_min)
     }
 
     fn adopt_term(&mut self, term: Term, out: &mut Output) {
@@ -413,8 +498,9 @@ impl Election {
 
     fn reset_election_timer(&mut self, now: Duration, random: f64) {
         let span = self.cfg.timeout_max - self.cfg.timeout_min;
-        self.election_deadline =
-            now + self.cfg.timeout_min + span.mul_f64(random.clamp(0.0, 0.999_999));
+        self.election_deadline = now
+            .saturating_add(self.cfg.timeout_min)
+            .saturating_add(span.mul_f64(unit(random)));
     }
 
     fn become_follower(&mut self, now: Duration, random: f64, leader: Option<NodeId>) {
@@ -425,19 +511,43 @@ impl Election {
         self.reset_election_timer(now, random);
     }
 
+    /// The term this node would campaign in, or `None` (logged) when the term space is
+    /// exhausted: it then stays a follower rather than reuse a term it may have voted in.
+    fn campaign_term(&mut self, now: Duration, random: f64) -> Option<Term> {
+        let next = self.hs.term.checked_next();
+        if next.is_none() {
+            tracing::error!(
+                term = self.hs.term.get(),
+                "the term cannot be raised any further; this node will not campaign (a peer \
+                 sent a term at the limit: reset the cluster's vote stores)"
+            );
+            self.become_follower(now, random, self.leader.clone());
+        }
+        next
+    }
+
     fn become_pre_candidate(&mut self, now: Duration, random: f64, out: &mut Output) {
+        let Some(term) = self.campaign_term(now, random) else {
+            return;
+        };
         self.role = Role::PreCandidate;
         self.leader = None;
         self.votes = HashSet::from([self.cfg.id.clone()]);
         self.reset_election_timer(now, random);
-        let term = self.hs.term.next();
         for p in &self.cfg.peers {
             out.send.push((p.clone(), Message::PreVote { term }));
+        }
+        if self.votes.len() >= self.cfg.quorum() {
+            // A cluster of one needs no one's word.
+            self.become_candidate(now, random, false, out);
         }
     }
 
     fn become_candidate(&mut self, now: Duration, random: f64, transfer: bool, out: &mut Output) {
-        self.hs.term = self.hs.term.next();
+        let Some(term) = self.campaign_term(now, random) else {
+            return;
+        };
+        self.hs.term = term;
         self.hs.voted_for = Some(self.cfg.id.clone());
         out.persist = Some(self.hs.clone());
         self.role = Role::Candidate;
@@ -447,6 +557,9 @@ impl Election {
         let term = self.hs.term;
         for p in &self.cfg.peers {
             out.send.push((p.clone(), Message::Vote { term, transfer }));
+        }
+        if self.votes.len() >= self.cfg.quorum() {
+            self.become_leader(now, out);
         }
     }
 
@@ -471,7 +584,7 @@ impl Election {
                 },
             ));
         }
-        self.next_heartbeat = now + self.cfg.heartbeat;
+        self.next_heartbeat = now.saturating_add(self.cfg.heartbeat);
     }
 
     fn publish(&mut self, out: &mut Output) {
@@ -480,5 +593,14 @@ impl Election {
             self.published = now.clone();
             out.leadership = Some(now);
         }
+    }
+}
+
+/// A caller's random number as a fraction in `[0, 1)`: clamped, NaN as one half.
+fn unit(random: f64) -> f64 {
+    if random.is_nan() {
+        0.5
+    } else {
+        random.clamp(0.0, 0.999_999)
     }
 }

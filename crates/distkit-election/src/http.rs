@@ -17,9 +17,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use distkit_core::{ClusterToken, Error, NodeId};
+use distkit_core::{ClusterToken, Error, ErrorBody, NodeId};
 
-use crate::runtime::{Envelope, Inbox, Transport};
+use crate::Envelope;
+use crate::runtime::{Inbox, Transport};
 
 /// The path the router serves.
 pub const MESSAGE_PATH: &str = "/v1/election/message";
@@ -33,6 +34,7 @@ pub struct HttpTransport {
     client: reqwest::Client,
     peers: Arc<HashMap<NodeId, String>>,
     token: ClusterToken,
+    timeout: Duration,
 }
 
 impl HttpTransport {
@@ -49,10 +51,13 @@ impl HttpTransport {
         timeout: Duration,
     ) -> Result<Self, Error> {
         let token = ClusterToken::new(token)?;
-        if timeout.is_zero() {
+        if timeout.is_zero() || timeout > crate::MAX_TIMEOUT {
             return Err(Error::invalid_input(
                 "timeout",
-                "it must be greater than zero",
+                format!(
+                    "it must be greater than zero and at most {:?}, got {timeout:?}",
+                    crate::MAX_TIMEOUT
+                ),
             ));
         }
         let peers: HashMap<NodeId, String> = peers
@@ -79,6 +84,7 @@ impl HttpTransport {
             client,
             peers: Arc::new(peers),
             token,
+            timeout,
         })
     }
 }
@@ -104,7 +110,7 @@ impl Transport for HttpTransport {
                 if e.is_timeout() {
                     Error::Timeout {
                         operation: "sending an election message",
-                        after: Duration::ZERO,
+                        after: self.timeout,
                     }
                 } else {
                     Error::unavailable(url.clone(), "the request failed", e)
@@ -161,35 +167,29 @@ async fn receive(State(state): State<RouterState>, headers: HeaderMap, body: Bod
         .as_ref()
         .is_some_and(|t| t.matches_authorization(header))
     {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong cluster token");
+        return ErrorBody::new("unauthorized", "missing or wrong cluster token").into_response();
     }
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("messages are at most {MAX_BODY} bytes"),
-        );
+        return ErrorBody::new(
+            "too_large",
+            format!("messages are at most {MAX_BODY} bytes"),
+        )
+        .into_response();
     };
     if headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| !v.starts_with("application/json"))
     {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "expected application/json",
-        );
+        return ErrorBody::new("unsupported_media_type", "expected application/json")
+            .into_response();
     }
     let envelope: Envelope = match serde_json::from_slice(&body) {
         Ok(e) => e,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("malformed message: {e}")),
+        Err(e) => return Error::invalid_input("message", e.to_string()).into_response(),
     };
     match state.inbox.deliver(envelope) {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(Error::InvalidInput { reason, .. }) => error(StatusCode::BAD_REQUEST, &reason),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => e.into_response(),
     }
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }

@@ -9,7 +9,7 @@ use distkit_core::{
 };
 use distkit_dlock::RedisLock;
 use redis::AsyncCommands;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Default lease: short, so a crashed leader is replaced in well under a second.
 pub const DEFAULT_LEASE: Duration = Duration::from_millis(600);
@@ -24,24 +24,52 @@ pub const DEFAULT_LEASE: Duration = Duration::from_millis(600);
 ///
 /// A crashed leader is replaced when its lease runs out (600 ms by default, not the 15 s of
 /// Kubernetes' defaults); a resigning leader releases at once and a waiter takes over within
-/// a round trip or two. Dropping the last handle stops campaigning and releases the lease.
+/// a round trip or two.
+///
+/// # Who owns the background work
+///
+/// [`LeaseElection::start`] spawns one campaign task, shared by every clone.
+/// [`shutdown`](Self::shutdown) steps down, releases the lease and returns once the task has
+/// ended. Dropping the last handle without it aborts the task; the lease guard it held is
+/// then released in the background when a runtime is there, and otherwise runs out with its
+/// TTL.
 #[derive(Clone, Debug)]
 pub struct LeaseElection {
     id: NodeId,
     leadership: watch::Receiver<Leadership>,
-    publish: Arc<watch::Sender<Leadership>>,
-    resign: Arc<Notify>,
-    abandon: Arc<Notify>,
+    commands: mpsc::Sender<Command>,
     task: Arc<Campaigning>,
 }
 
-/// Aborts the campaign when the last handle goes (a dropped lock guard releases the lease).
 #[derive(Debug)]
-struct Campaigning(tokio::task::JoinHandle<()>);
+enum Command {
+    /// Step down if leading (the lease is released first), then answer.
+    Resign(oneshot::Sender<()>),
+    /// Stop renewing without releasing, as a crash would.
+    Abandon,
+    /// Step down, release and end the task.
+    Shutdown,
+}
+
+/// Aborts the campaign when the last handle goes without a shutdown.
+#[derive(Debug)]
+struct Campaigning {
+    task: tokio::task::AbortHandle,
+    ended: watch::Receiver<bool>,
+}
 
 impl Drop for Campaigning {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
+    }
+}
+
+/// Marks the campaign ended however it ends: returned, aborted or panicked.
+struct EndedOnDrop(watch::Sender<bool>);
+
+impl Drop for EndedOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
     }
 }
 
@@ -51,7 +79,8 @@ impl LeaseElection {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a bad URL, group name or lease.
+    /// [`Error::InvalidInput`] for a bad URL, group name or lease; [`Error::Unavailable`]
+    /// outside a tokio runtime.
     pub fn start(url: &str, group: &str, id: NodeId, lease: Duration) -> Result<Self, Error> {
         let lock = RedisLock::builder(url)
             .ttl(lease)
@@ -66,10 +95,14 @@ impl LeaseElection {
                 "it must be non-empty, without braces or control characters",
             ));
         }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| Error::Unavailable {
+            endpoint: id.to_string(),
+            reason: "a lease election needs a tokio runtime to run on (start it inside one)".into(),
+            source: Some(Arc::new(e)),
+        })?;
         let (tx, rx) = watch::channel(Leadership::initial());
-        let tx = Arc::new(tx);
-        let resign = Arc::new(Notify::new());
-        let abandon = Arc::new(Notify::new());
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let (ended_tx, ended_rx) = watch::channel(false);
         let campaign = Campaign {
             lock,
             client,
@@ -77,38 +110,47 @@ impl LeaseElection {
             leader_key: format!("distkit:election:{{{group}}}:leader"),
             id: id.clone(),
             lease,
-            tx: tx.clone(),
-            resign: resign.clone(),
-            abandon: abandon.clone(),
+            tx,
+            commands: cmd_rx,
         };
-        let task = tokio::spawn(campaign.run());
+        let ended = EndedOnDrop(ended_tx);
+        let task = runtime.spawn(async move {
+            let _ended = ended;
+            campaign.run().await;
+        });
         Ok(Self {
             id,
             leadership: rx,
-            publish: tx,
-            resign,
-            abandon,
-            task: Arc::new(Campaigning(task)),
+            commands: cmd_tx,
+            task: Arc::new(Campaigning {
+                task: task.abort_handle(),
+                ended: ended_rx,
+            }),
         })
     }
 
     /// Stops as a crash would: renewals stop and nothing is released, so the others take
-    /// over only when the lease runs out. For failure drills and benchmarks.
+    /// over only when the lease runs out. The task then ends. For failure drills and
+    /// benchmarks.
     pub fn abandon(&self) {
-        self.abandon.notify_one();
-        self.publish.send_modify(|l| {
-            l.role = Role::Follower;
-            l.leader = None;
-        });
+        let _ = self.commands.try_send(Command::Abandon);
     }
 
-    /// Stops campaigning and steps down (the held lock is released in the background).
-    pub fn stop(&self) {
-        self.task.0.abort();
-        self.publish.send_modify(|l| {
-            l.role = Role::Follower;
-            l.leader = None;
-        });
+    /// Stops campaigning: steps down, releases the lease if held (so another member takes
+    /// over at once), and returns once the campaign task has ended. Calling it again, or
+    /// from several clones, returns once the task has ended.
+    pub async fn shutdown(&self) {
+        if self.commands.send(Command::Shutdown).await.is_err() {
+            // The task is gone already (or going): nothing to release.
+        }
+        let mut ended = self.task.ended.clone();
+        let _ = ended.wait_for(|e| *e).await;
+    }
+
+    /// Whether the campaign task has ended.
+    #[must_use]
+    pub fn has_ended(&self) -> bool {
+        *self.task.ended.borrow()
     }
 }
 
@@ -123,8 +165,17 @@ impl LeaderElector for LeaseElection {
     }
 
     async fn resign(&self) -> Result<(), Error> {
-        self.resign.notify_one();
-        Ok(())
+        let (tx, rx) = oneshot::channel();
+        let stopped = || Error::Unavailable {
+            endpoint: self.id.to_string(),
+            reason: "the lease election has stopped".into(),
+            source: None,
+        };
+        self.commands
+            .send(Command::Resign(tx))
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
     }
 }
 
@@ -135,17 +186,38 @@ struct Campaign {
     leader_key: String,
     id: NodeId,
     lease: Duration,
-    tx: Arc<watch::Sender<Leadership>>,
-    resign: Arc<Notify>,
-    abandon: Arc<Notify>,
+    tx: watch::Sender<Leadership>,
+    commands: mpsc::Receiver<Command>,
+}
+
+/// How a stretch of leading ended.
+enum Led {
+    Lost,
+    Resigned(oneshot::Sender<()>),
+    Abandoned,
+    Shutdown,
 }
 
 impl Campaign {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut conn = None;
         loop {
             let wait = AcquireOptions::new().wait(self.lease).watchdog(true);
-            match self.lock.acquire_with(&self.group, wait).await {
+            // A command while not leading is answered at once: a resign is never kept for a
+            // later win.
+            let attempt = tokio::select! {
+                r = self.lock.acquire_with(&self.group, wait) => r,
+                c = self.commands.recv() => {
+                    match c {
+                        Some(Command::Resign(done)) => {
+                            let _ = done.send(());
+                            continue;
+                        }
+                        None | Some(Command::Abandon | Command::Shutdown) => return,
+                    }
+                }
+            };
+            match attempt {
                 Ok(guard) => {
                     let term = Term::new(guard.fencing_token().get());
                     self.tx.send_replace(Leadership {
@@ -156,33 +228,67 @@ impl Campaign {
                     tracing::info!(term = term.get(), id = %self.id, group = self.group, "leads by lease");
                     // Keep the leader note alive as long as the lease (first tick: at once).
                     let mut refresh = tokio::time::interval(self.lease / 3);
-                    let resigned = loop {
+                    let led = loop {
                         tokio::select! {
-                            _ = guard.lost() => break false,
-                            () = self.resign.notified() => break true,
-                            () = self.abandon.notified() => {
-                                let _ = guard.into_lease();
-                                return;
-                            }
+                            _ = guard.lost() => break Led::Lost,
+                            c = self.commands.recv() => break match c {
+                                Some(Command::Resign(done)) => Led::Resigned(done),
+                                Some(Command::Abandon) => Led::Abandoned,
+                                None | Some(Command::Shutdown) => Led::Shutdown,
+                            },
                             _ = refresh.tick() => self.note_leader(&mut conn, term).await,
                         }
                     };
-                    self.tx.send_replace(Leadership {
-                        leader: None,
-                        term,
-                        role: Role::Follower,
-                    });
+                    self.step_down(term);
+                    if matches!(led, Led::Abandoned) {
+                        let _ = guard.into_lease();
+                        return;
+                    }
                     let _ = guard.release().await;
-                    if resigned {
-                        // Let another member take over before campaigning again.
-                        tokio::time::sleep(self.lease).await;
+                    match led {
+                        Led::Resigned(done) => {
+                            let _ = done.send(());
+                            // Let another member take over before campaigning again.
+                            if !self.pause(self.lease).await {
+                                return;
+                            }
+                        }
+                        Led::Shutdown => return,
+                        Led::Lost | Led::Abandoned => {}
                     }
                 }
                 Err(Error::Busy { .. }) => self.observe(&mut conn).await,
                 Err(e) => {
                     tracing::debug!(error = %e, "lease campaign attempt failed");
-                    tokio::time::sleep(self.lease / 4).await;
+                    if !self.pause(self.lease / 4).await {
+                        return;
+                    }
                 }
+            }
+        }
+    }
+
+    fn step_down(&self, term: Term) {
+        self.tx.send_replace(Leadership {
+            leader: None,
+            term,
+            role: Role::Follower,
+        });
+    }
+
+    /// Sleeps for `d`, answering resigns at once; false when told to stop meanwhile.
+    async fn pause(&mut self, d: Duration) -> bool {
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return true,
+                c = self.commands.recv() => match c {
+                    Some(Command::Resign(done)) => {
+                        let _ = done.send(());
+                    }
+                    None | Some(Command::Abandon | Command::Shutdown) => return false,
+                },
             }
         }
     }

@@ -100,14 +100,14 @@ pub mod sim;
 mod store;
 
 #[doc(inline)]
-pub use config::{Config, ConfigBuilder};
+pub use config::{Config, ConfigBuilder, MAX_TIMEOUT};
 #[doc(inline)]
-pub use core::{Election, HardState, Message, Output, Rejected};
+pub use core::{Election, Envelope, HardState, Message, Output, Rejected};
 #[doc(inline)]
 pub use http::{HttpTransport, MAX_BODY, MESSAGE_PATH, http_router};
 #[doc(inline)]
 pub use lease::{DEFAULT_LEASE, LeaseElection};
 #[doc(inline)]
-pub use runtime::{Elector, Envelope, Inbox, Transport};
+pub use runtime::{Elector, Inbox, Transport};
 #[doc(inline)]
 pub use store::{FileVoteStore, MemoryVoteStore, VoteStore};

@@ -1,5 +1,6 @@
 //! The tokio runtime: one task owns the core, its timers, the vote store and a transport.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -7,21 +8,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use distkit_core::{Error, LeaderElector, Leadership, NodeId};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 
-use crate::{Config, Election, Message, Output, VoteStore};
-
-/// A message with its sender and addressee, as it travels between peers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// The sender.
-    pub from: NodeId,
-    /// The addressee.
-    pub to: NodeId,
-    /// The message.
-    pub msg: Message,
-}
+use crate::{Config, Election, Envelope, Message, Output, VoteStore};
 
 /// Carries messages to peers. Delivery is best effort: the protocol tolerates loss, so a
 /// transport reports failures for logs and metrics but never retries on its own.
@@ -41,6 +31,9 @@ enum Command {
     Transfer(NodeId, oneshot::Sender<Result<(), Error>>),
 }
 
+/// How many messages may wait for one peer before new ones are dropped (as the network may).
+const PEER_QUEUE: usize = 64;
+
 /// A handle that feeds incoming messages to a running [`Elector`]; the HTTP router holds
 /// one.
 #[derive(Clone, Debug)]
@@ -57,13 +50,14 @@ impl Inbox {
         &self.id
     }
 
-    /// Delivers a message. Envelopes addressed elsewhere or from strangers are refused
-    /// before they reach the core; a full queue drops the message (as the network may).
+    /// Delivers a message. Envelopes addressed elsewhere, from strangers or with a term above
+    /// [`Term::MAX`](distkit_core::Term::MAX) are refused before they reach the core; a full
+    /// queue drops the message (as the network may).
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a wrong addressee or an unknown sender;
-    /// [`Error::Unavailable`] when the elector has stopped.
+    /// [`Error::InvalidInput`] for a wrong addressee, an unknown sender or a term out of
+    /// range; [`Error::Unavailable`] when the elector has stopped.
     pub fn deliver(&self, envelope: Envelope) -> Result<(), Error> {
         if envelope.to != self.id {
             return Err(Error::invalid_input(
@@ -75,6 +69,15 @@ impl Inbox {
             return Err(Error::invalid_input(
                 "envelope",
                 format!("{} is not a member of this election", envelope.from),
+            ));
+        }
+        if !envelope.msg.term().is_valid() {
+            return Err(Error::invalid_input(
+                "envelope",
+                format!(
+                    "term {} is above the largest valid term",
+                    envelope.msg.term()
+                ),
             ));
         }
         match self.tx.try_send((envelope.from, envelope.msg)) {
@@ -90,8 +93,15 @@ impl Inbox {
 
 /// A running election participant: implements [`LeaderElector`].
 ///
-/// Dropping the last handle stops the task (without resigning: call
-/// [`resign`](LeaderElector::resign) first for a clean hand-over).
+/// # Who owns the background work
+///
+/// [`Elector::start`] spawns one driver task, which owns the core, the vote store and one
+/// sender task per peer (each with a queue of 64 messages; a full queue drops, as the network
+/// may). Every clone of the `Elector` shares them. [`shutdown`](Self::shutdown) stops the
+/// driver and returns once it and every sender task have ended. Dropping the last handle
+/// without `shutdown` aborts them instead (at their next await point; this needs no runtime,
+/// so it works in a `Drop` anywhere). Neither resigns: call
+/// [`resign`](LeaderElector::resign) first for a clean hand-over.
 #[derive(Clone, Debug)]
 pub struct Elector {
     id: NodeId,
@@ -100,6 +110,29 @@ pub struct Elector {
     lease_until_us: Arc<AtomicU64>,
     epoch: Instant,
     inbox: Inbox,
+    owner: Arc<TaskOwner>,
+}
+
+/// Aborts the driver when the last handle goes without a shutdown.
+#[derive(Debug)]
+struct TaskOwner {
+    task: tokio::task::AbortHandle,
+    ended: watch::Receiver<bool>,
+}
+
+impl Drop for TaskOwner {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Marks the driver ended however it ends: returned, aborted or panicked.
+struct EndedOnDrop(watch::Sender<bool>);
+
+impl Drop for EndedOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl Elector {
@@ -107,18 +140,25 @@ impl Elector {
     ///
     /// # Errors
     ///
-    /// [`Error::Storage`] when the vote store cannot be read (a corrupt file is never reset).
+    /// [`Error::Storage`] when the vote store cannot be read (a corrupt file is never reset),
+    /// [`Error::Unavailable`] when called outside a tokio runtime.
     pub fn start(
         cfg: Config,
         store: Arc<dyn VoteStore>,
         transport: Arc<dyn Transport>,
     ) -> Result<Self, Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| Error::Unavailable {
+            endpoint: cfg.id().to_string(),
+            reason: "an elector needs a tokio runtime to run on (start it inside one)".into(),
+            source: Some(Arc::new(e)),
+        })?;
         let hs = store.load()?;
         let epoch = Instant::now();
         let core = Election::new(cfg.clone(), hs, Duration::ZERO, rand::rng().random());
         let (lead_tx, lead_rx) = watch::channel(core.leadership());
         let (msg_tx, msg_rx) = mpsc::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let (ended_tx, ended_rx) = watch::channel(false);
         let lease_until_us = Arc::new(AtomicU64::new(0));
         let inbox = Inbox {
             id: cfg.id().clone(),
@@ -130,11 +170,17 @@ impl Elector {
             id: cfg.id().clone(),
             store,
             transport,
+            senders: HashMap::new(),
+            tasks: JoinSet::new(),
             leadership: lead_tx,
             lease_until_us: lease_until_us.clone(),
             epoch,
         };
-        tokio::spawn(driver.run(msg_rx, cmd_rx));
+        let ended = EndedOnDrop(ended_tx);
+        let task = runtime.spawn(async move {
+            let _ended = ended;
+            driver.run(msg_rx, cmd_rx).await;
+        });
         Ok(Self {
             id: cfg.id().clone(),
             leadership: lead_rx,
@@ -142,6 +188,10 @@ impl Elector {
             lease_until_us,
             epoch,
             inbox,
+            owner: Arc::new(TaskOwner {
+                task: task.abort_handle(),
+                ended: ended_rx,
+            }),
         })
     }
 
@@ -175,10 +225,24 @@ impl Elector {
         rx.await.map_err(|_| self.stopped())?
     }
 
-    /// Stops the election task at once (a crash, as far as the peers can tell). Resign first
-    /// for a clean hand-over.
-    pub async fn stop(&self) {
-        let _ = self.commands.send(Command::Stop).await;
+    /// Stops the election (a crash, as far as the peers can tell: resign first for a clean
+    /// hand-over) and returns once the driver task and every peer sender task have ended.
+    /// Calling it again, or from several clones, returns once they have ended.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.try_send(Command::Stop);
+        if !*self.owner.ended.borrow() {
+            // A full command queue cannot keep the stop out: abort.
+            self.owner.task.abort();
+        }
+        let mut ended = self.owner.ended.clone();
+        let _ = ended.wait_for(|e| *e).await;
+    }
+
+    /// Whether the driver task has ended (after [`shutdown`](Self::shutdown), a failed vote
+    /// write, or an abort).
+    #[must_use]
+    pub fn has_ended(&self) -> bool {
+        *self.owner.ended.borrow()
     }
 
     fn stopped(&self) -> Error {
@@ -210,20 +274,26 @@ impl LeaderElector for Elector {
     }
 }
 
-/// How a step's messages leave: in the background (the normal case: the protocol tolerates
-/// loss and the loop must not wait), or before the command returns (a hand-over must reach its
-/// target before a shutting-down process exits).
+/// How a step's messages leave: queued to the peer's sender (the normal case: the protocol
+/// tolerates loss and the loop must not wait), or delivered before the command returns (a
+/// hand-over must reach its target before a shutting-down process exits).
 #[derive(Clone, Copy)]
 enum Delivery {
-    Spawn,
+    Queue,
     Await,
 }
+
+/// A message for one peer's sender task, with an acknowledgement when the caller waits.
+type Outgoing = (Message, Option<oneshot::Sender<()>>);
 
 struct Driver {
     core: Election,
     id: NodeId,
     store: Arc<dyn VoteStore>,
     transport: Arc<dyn Transport>,
+    /// One bounded queue per peer, each drained by one task in `tasks`.
+    senders: HashMap<NodeId, mpsc::Sender<Outgoing>>,
+    tasks: JoinSet<()>,
     leadership: watch::Sender<Leadership>,
     lease_until_us: Arc<AtomicU64>,
     epoch: Instant,
@@ -232,11 +302,33 @@ struct Driver {
 impl Driver {
     async fn run(
         mut self,
+        messages: mpsc::Receiver<(NodeId, Message)>,
+        commands: mpsc::Receiver<Command>,
+    ) {
+        self.drive(messages, commands).await;
+        // Close the queues and wait for the senders; an in-flight request ends at the
+        // transport's own timeout, so bound the wait and abort the rest.
+        self.senders.clear();
+        let tasks = &mut self.tasks;
+        let drained = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(1), drained)
+            .await
+            .is_err()
+        {
+            self.tasks.shutdown().await;
+        }
+    }
+
+    async fn drive(
+        &mut self,
         mut messages: mpsc::Receiver<(NodeId, Message)>,
         mut commands: mpsc::Receiver<Command>,
     ) {
         loop {
-            let deadline = self.epoch + self.core.next_deadline();
+            let deadline = self
+                .epoch
+                .checked_add(self.core.next_deadline())
+                .unwrap_or_else(far_future);
             // Drawn before waiting: the thread's generator must not be held across an await.
             let r: f64 = rand::rng().random();
             let out = tokio::select! {
@@ -284,7 +376,7 @@ impl Driver {
                     }
                 }
             };
-            if !self.apply(out, Delivery::Spawn).await {
+            if !self.apply(out, Delivery::Queue).await {
                 return;
             }
         }
@@ -292,6 +384,32 @@ impl Driver {
 
     fn now(&self) -> Duration {
         self.epoch.elapsed()
+    }
+
+    /// The queue of `to`'s sender task, starting the task on first use.
+    fn sender(&mut self, to: &NodeId) -> mpsc::Sender<Outgoing> {
+        if let Some(tx) = self.senders.get(to) {
+            return tx.clone();
+        }
+        let (tx, mut rx) = mpsc::channel::<Outgoing>(PEER_QUEUE);
+        let (from, peer, transport) = (self.id.clone(), to.clone(), self.transport.clone());
+        self.tasks.spawn(async move {
+            while let Some((msg, ack)) = rx.recv().await {
+                let env = Envelope {
+                    from: from.clone(),
+                    to: peer.clone(),
+                    msg,
+                };
+                if let Err(e) = transport.send(env).await {
+                    tracing::trace!(error = %e, peer = %peer, "election message not delivered");
+                }
+                if let Some(ack) = ack {
+                    let _ = ack.send(());
+                }
+            }
+        });
+        self.senders.insert(to.clone(), tx.clone());
+        tx
     }
 
     /// Persists, then sends, then publishes. Returns false when the node must stop (its
@@ -312,27 +430,24 @@ impl Driver {
                 }
             }
         }
-        let mut inline = Vec::new();
+        let mut acks = Vec::new();
         for (to, msg) in out.send {
-            let transport = self.transport.clone();
-            let env = Envelope {
-                from: self.id.clone(),
-                to,
-                msg,
-            };
-            let send = async move {
-                if let Err(e) = transport.send(env).await {
-                    tracing::trace!(error = %e, "election message not delivered");
-                }
-            };
+            let queue = self.sender(&to);
             match delivery {
-                Delivery::Spawn => {
-                    tokio::spawn(send);
+                Delivery::Queue => {
+                    if queue.try_send((msg, None)).is_err() {
+                        tracing::trace!(peer = %to, "peer queue full; election message dropped");
+                    }
                 }
-                Delivery::Await => inline.push(send),
+                Delivery::Await => {
+                    let (tx, rx) = oneshot::channel();
+                    if queue.send((msg, Some(tx))).await.is_ok() {
+                        acks.push(rx);
+                    }
+                }
             }
         }
-        futures_util::future::join_all(inline).await;
+        futures_util::future::join_all(acks).await;
         let lease = self
             .core
             .lease_expiry()
@@ -344,4 +459,12 @@ impl Driver {
         }
         true
     }
+}
+
+/// A deadline far enough away to mean "never" (about 30 years), for a clock value that
+/// overflows `Instant`.
+fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(30 * 365 * 24 * 3600))
+        .unwrap_or(now)
 }

@@ -9,7 +9,14 @@
 //! * at most one leader per term;
 //! * no node votes twice in one term (even across restarts);
 //! * no two nodes hold a valid leader lease at the same instant;
-//! * no node's term ever decreases.
+//! * no node's term ever decreases, and none goes above [`Term::MAX`].
+//!
+//! With [`SimConfig::hostile`] the cluster gains a hostile member, `h`: it runs no election
+//! of its own, but sends messages a correct node could send in some state (pre-votes, votes
+//! without a transfer, refusals and heartbeat replies) with terms anywhere from 0 to
+//! `u64::MAX`, replays real messages late and twice, delivers them to nodes they were not
+//! addressed to, and speaks for strangers. It never claims a leadership or a vote it does not
+//! have (it is byzantine-free), so every safety property must hold.
 //!
 //! ```
 //! use std::time::Duration;
@@ -32,7 +39,7 @@ use distkit_core::{NodeId, Role, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::{Config, Election, MemoryVoteStore, Message, Output, VoteStore};
+use crate::{Config, Election, Envelope, MemoryVoteStore, Message, Output, VoteStore};
 
 /// Simulation settings.
 #[derive(Clone, Debug)]
@@ -55,6 +62,8 @@ pub struct SimConfig {
     pub pre_vote: bool,
     /// The lease drift bound; `None` for the default (a fifth of the minimum timeout).
     pub lease_drift: Option<Duration>,
+    /// Add the hostile member `h` (see the module docs); [`chaos_run_with`] then lets it act.
+    pub hostile: bool,
 }
 
 impl Default for SimConfig {
@@ -69,15 +78,24 @@ impl Default for SimConfig {
             heartbeat: Duration::from_millis(50),
             pre_vote: true,
             lease_drift: None,
+            hostile: false,
         }
     }
 }
 
+/// The id of the hostile member.
+pub const HOSTILE_ID: &str = "h";
+
+/// How many real messages the hostile member remembers for replays.
+const REPLAY_MEMORY: usize = 64;
+
 #[derive(Debug)]
 enum Event {
     Deliver {
-        from: usize,
+        from: NodeId,
         to: usize,
+        /// The addressee written on the envelope (another node's id for a misdelivery).
+        addressed: NodeId,
         msg: Message,
     },
     Timer {
@@ -113,6 +131,10 @@ pub struct Sim {
     votes: HashMap<(usize, Term), NodeId>,
     violations: Vec<String>,
     index: HashMap<NodeId, usize>,
+    /// Real messages lately sent, for the hostile member's replays: (from, to, message).
+    recent: Vec<(NodeId, usize, Message)>,
+    /// Inputs the cores refused (strangers, misaddressed, terms out of range).
+    refused: u64,
 }
 
 impl Sim {
@@ -123,10 +145,17 @@ impl Sim {
         let ids: Vec<NodeId> = (0..cfg.nodes)
             .map(|i| NodeId::new(format!("n{i}")).unwrap_or_else(|_| unreachable!("valid id")))
             .collect();
+        let hostile = cfg
+            .hostile
+            .then(|| NodeId::new(HOSTILE_ID).unwrap_or_else(|_| unreachable!("valid id")));
         let nodes = ids
             .iter()
             .map(|id| {
-                let peers = ids.iter().filter(|p| *p != id).cloned();
+                let peers = ids
+                    .iter()
+                    .filter(|p| *p != id)
+                    .chain(hostile.iter())
+                    .cloned();
                 let mut b = Config::builder(id.clone(), peers)
                     .election_timeout(cfg.timeout.0, cfg.timeout.1)
                     .heartbeat(cfg.heartbeat)
@@ -168,6 +197,8 @@ impl Sim {
             votes: HashMap::new(),
             violations: Vec::new(),
             index,
+            recent: Vec::new(),
+            refused: 0,
         };
         for i in 0..sim.nodes.len() {
             sim.restart(i);
@@ -185,6 +216,113 @@ impl Sim {
     #[must_use]
     pub fn violations(&self) -> &[String] {
         &self.violations
+    }
+
+    /// How many inputs the cores refused so far (strangers, misaddressed envelopes, terms
+    /// above [`Term::MAX`]).
+    #[must_use]
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Delivers `msg` to node `to` after `delay`, as sent by `from` (any id: a member, the
+    /// hostile member, a stranger) and addressed to `addressed` (another id than node `to`'s
+    /// makes a misdelivery, which the node must refuse).
+    pub fn inject(
+        &mut self,
+        from: NodeId,
+        to: usize,
+        addressed: NodeId,
+        msg: Message,
+        delay: Duration,
+    ) {
+        self.push(
+            self.now + delay,
+            Event::Deliver {
+                from,
+                to,
+                addressed,
+                msg,
+            },
+        );
+    }
+
+    /// One act of the hostile member (see the module docs), at a random point within
+    /// `within` from now. Needs [`SimConfig::hostile`]; does nothing otherwise.
+    pub fn hostile_act(&mut self, within: Duration) {
+        if !self.cfg.hostile || self.nodes.is_empty() {
+            return;
+        }
+        let h = NodeId::new(HOSTILE_ID).unwrap_or_else(|_| unreachable!("valid id"));
+        let n = self.nodes.len();
+        let delay = within.mul_f64(self.rng.random::<f64>());
+        let to = self.rng.random_range(0..n);
+        let addressee = self.nodes[to].id.clone();
+        match self.rng.random_range(0..10) {
+            0..=4 => {
+                let term = self.hostile_term();
+                let msg = match self.rng.random_range(0..5) {
+                    0 => Message::PreVote { term },
+                    1 => Message::Vote {
+                        term,
+                        transfer: false,
+                    },
+                    2 => Message::PreVoteReply {
+                        term,
+                        granted: false,
+                    },
+                    3 => Message::VoteReply {
+                        term,
+                        granted: false,
+                    },
+                    _ => Message::HeartbeatReply {
+                        term,
+                        sent_at_us: self.rng.random(),
+                    },
+                };
+                self.inject(h, to, addressee, msg, delay);
+            }
+            5..=6 => {
+                // A real message again, late (and so perhaps twice).
+                if !self.recent.is_empty() {
+                    let k = self.rng.random_range(0..self.recent.len());
+                    let (from, j, msg) = self.recent[k].clone();
+                    let addressed = self.nodes[j].id.clone();
+                    self.inject(from, j, addressed, msg, delay);
+                }
+            }
+            7..=8 => {
+                // A real message delivered to a node it was not addressed to.
+                if !self.recent.is_empty() {
+                    let k = self.rng.random_range(0..self.recent.len());
+                    let (from, j, msg) = self.recent[k].clone();
+                    let addressed = self.nodes[j].id.clone();
+                    self.inject(from, to, addressed, msg, delay);
+                }
+            }
+            _ => {
+                // A stranger.
+                let stranger = NodeId::new("stranger").unwrap_or_else(|_| unreachable!("valid id"));
+                let term = self.hostile_term();
+                self.inject(stranger, to, addressee, Message::TimeoutNow { term }, delay);
+            }
+        }
+    }
+
+    /// A term near the cluster's, or at the numeric extremes (the accepted ones rarely, so
+    /// most runs keep a term space to elect in).
+    fn hostile_term(&mut self) -> Term {
+        let top = self.max_term().get();
+        match self.rng.random_range(0..100) {
+            0..=9 => Term::new(u64::MAX),
+            10..=19 => Term::new(Term::MAX.get().saturating_add(1)),
+            20..=21 => Term::new(Term::MAX.get() - 1),
+            22..=23 => Term::MAX,
+            24..=29 => Term::ZERO,
+            30..=49 => Term::new(top.saturating_sub(self.rng.random_range(0..3))),
+            50..=89 => Term::new(top.saturating_add(self.rng.random_range(1..3))),
+            _ => Term::new(top.saturating_add(self.rng.random_range(3..1_000_000))),
+        }
     }
 
     /// Sets the message loss probability.
@@ -339,17 +477,28 @@ impl Sim {
                     self.schedule_timer(node);
                 }
             }
-            Event::Deliver { from, to, msg } => {
+            Event::Deliver {
+                from,
+                to,
+                addressed,
+                msg,
+            } => {
                 if self.is_up(to) {
                     let local = self.local(to);
                     let r = self.rng.random::<f64>();
-                    let from_id = self.nodes[from].id.clone();
+                    let envelope = Envelope {
+                        from,
+                        to: addressed,
+                        msg,
+                    };
                     let out = self.nodes[to]
                         .core
                         .as_mut()
-                        .map(|c| c.step(local, &from_id, msg, r));
-                    if let Some(Ok(out)) = out {
-                        self.apply(to, out);
+                        .map(|c| c.receive(local, envelope, r));
+                    match out {
+                        Some(Ok(out)) => self.apply(to, out),
+                        Some(Err(_)) => self.refused += 1,
+                        None => {}
                     }
                     self.schedule_timer(to);
                 }
@@ -401,6 +550,13 @@ impl Sim {
             let Some(&j) = self.index.get(&to) else {
                 continue;
             };
+            if self.cfg.hostile {
+                if self.recent.len() >= REPLAY_MEMORY {
+                    let k = self.rng.random_range(0..self.recent.len());
+                    self.recent.swap_remove(k);
+                }
+                self.recent.push((self.nodes[i].id.clone(), j, msg.clone()));
+            }
             if self.cut.contains(&(i, j)) || self.rng.random::<f64>() < self.cfg.loss {
                 continue;
             }
@@ -415,8 +571,9 @@ impl Sim {
                 self.push(
                     self.now + delay,
                     Event::Deliver {
-                        from: i,
+                        from: self.nodes[i].id.clone(),
                         to: j,
+                        addressed: to.clone(),
                         msg: msg.clone(),
                     },
                 );
@@ -437,6 +594,12 @@ impl Sim {
             }) else {
                 continue;
             };
+            if !term.is_valid() {
+                self.violations.push(format!(
+                    "t={:?}: {} went to term {term}, above the largest valid term",
+                    self.now, self.nodes[i].id
+                ));
+            }
             if term < self.nodes[i].last_term {
                 self.violations.push(format!(
                     "t={:?}: {} went back from term {} to {term}",
@@ -482,6 +645,21 @@ pub fn chaos_run(seed: u64) -> Vec<String> {
     chaos_run_with(seed, chaos_config())
 }
 
+/// [`chaos_run`] with the hostile member acting throughout the faults (see the module docs).
+/// Safety must hold; after healing one leader must emerge unless a hostile term left the
+/// term space exhausted (a node at [`Term::MAX`] cannot campaign: by the rule for extreme
+/// terms it stays a follower rather than vote twice).
+#[must_use]
+pub fn hostile_chaos_run(seed: u64) -> Vec<String> {
+    chaos_run_with(
+        seed,
+        SimConfig {
+            hostile: true,
+            ..chaos_config()
+        },
+    )
+}
+
 /// The fault settings of [`chaos_run`]: 5% loss, 5% duplication, 0.2-20 ms delays, clocks
 /// within ±10%.
 #[must_use]
@@ -500,9 +678,16 @@ pub fn chaos_config() -> SimConfig {
 pub fn chaos_run_with(seed: u64, cfg: SimConfig) -> Vec<String> {
     let (max_timeout, max_delay) = (cfg.timeout.1, cfg.delay.1);
     let n = cfg.nodes;
+    let hostile = cfg.hostile;
     let mut sim = Sim::new(seed, cfg);
     for _ in 0..12 {
         let span = Duration::from_millis(sim.rng().random_range(50..400));
+        if hostile {
+            let acts = sim.rng().random_range(0..30);
+            for _ in 0..acts {
+                sim.hostile_act(span);
+            }
+        }
         sim.run_for(span);
         match sim.rng().random_range(0..7) {
             0 => {
@@ -554,7 +739,9 @@ pub fn chaos_run_with(seed: u64, cfg: SimConfig) -> Vec<String> {
     sim.run_for(max_timeout * 2 + max_delay);
     let mut v = sim.violations().to_vec();
     let leaders = sim.leaders();
-    if leaders.len() != 1 {
+    // A term at the top leaves no term to campaign in: no leader is expected then.
+    let exhausted = sim.max_term().checked_next().is_none();
+    if leaders.len() != 1 && !exhausted {
         v.push(format!(
             "seed {seed}: {} leaders {:?} at {:?}, {:?} after the network healed",
             leaders.len(),

@@ -105,7 +105,7 @@ impl FileVoteStore {
         Error::Storage {
             path: self.path.display().to_string(),
             reason: reason.into(),
-            source: source.map(|e| Box::new(e) as _),
+            source: source.map(|e| Arc::new(e) as _),
         }
     }
 }

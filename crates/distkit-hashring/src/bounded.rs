@@ -25,6 +25,12 @@ use crate::hash::hash_key;
 /// The wrapper is for a fixed member set: after the inner locator's membership changes, build a
 /// new wrapper (or [`clear`](Self::clear) it) so no key stays on a node that left.
 ///
+/// It is deliberately **not** a [`Locator`]: a locator's owner depends only on the member set,
+/// while an assignment here depends on the order keys arrived in and is remembered. Keys are
+/// remembered by their 64-bit hash in a table of at most [`max_keys`](Self::max_keys) entries
+/// (default [`BoundedLoads::DEFAULT_MAX_KEYS`]); a new key beyond that is refused with
+/// [`RingError::TableFull`] until keys are released, so memory stays bounded.
+///
 /// ```
 /// use distkit_core::NodeId;
 /// use distkit_hashring::{BoundedLoads, HashRing, Node};
@@ -44,6 +50,7 @@ use crate::hash::hash_key;
 pub struct BoundedLoads<L> {
     inner: L,
     eps: f64,
+    max_keys: u64,
     state: Mutex<State>,
 }
 
@@ -54,6 +61,9 @@ struct State {
 }
 
 impl<L: Locator> BoundedLoads<L> {
+    /// The default limit of the assignment table: about a million keys (some 40 MiB).
+    pub const DEFAULT_MAX_KEYS: u64 = 1 << 20;
+
     /// Wraps `inner` with load factor `eps` (0.25 caps nodes at 125% of the average).
     ///
     /// # Errors
@@ -66,8 +76,22 @@ impl<L: Locator> BoundedLoads<L> {
         Ok(Self {
             inner,
             eps,
+            max_keys: Self::DEFAULT_MAX_KEYS,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// Sets the most keys the table holds at once (at least 1).
+    #[must_use]
+    pub fn with_max_keys(mut self, max: u64) -> Self {
+        self.max_keys = max.max(1);
+        self
+    }
+
+    /// The most keys the table holds at once.
+    #[must_use]
+    pub fn max_keys(&self) -> u64 {
+        self.max_keys
     }
 
     /// The wrapped locator.
@@ -85,7 +109,39 @@ impl<L: Locator> BoundedLoads<L> {
     #[must_use]
     pub fn cap_for(&self, keys: u64) -> u64 {
         let nodes = self.inner.node_count().max(1) as f64;
-        ((1.0 + self.eps) * keys as f64 / nodes).ceil() as u64
+        // Float to int casts saturate; a cap is at least 1 for any key.
+        (((1.0 + self.eps) * keys as f64 / nodes).ceil() as u64).max(1)
+    }
+
+    /// The node `key` is assigned to, if it is; records nothing.
+    #[must_use]
+    pub fn lookup(&self, key: &[u8]) -> Option<NodeId> {
+        self.lock().assigned.get(&hash_key(key)).cloned()
+    }
+
+    /// The assigned node first, then the inner locator's other choices, `n` at most
+    /// (assigning the key if it is new).
+    ///
+    /// # Errors
+    ///
+    /// As for [`assign`](Self::assign).
+    pub fn assign_with_replicas(&self, key: &[u8], n: usize) -> Result<Vec<NodeId>, RingError> {
+        let first = self.assign(key)?;
+        let mut out = vec![first];
+        for id in self
+            .inner
+            .replicas(key, self.inner.node_count())
+            .map_err(inner_error)?
+        {
+            if out.len() >= n {
+                break;
+            }
+            if !out.contains(&id) {
+                out.push(id);
+            }
+        }
+        out.truncate(n);
+        Ok(out)
     }
 
     /// Assigns `key` (or returns the node it was already assigned to).
@@ -93,24 +149,30 @@ impl<L: Locator> BoundedLoads<L> {
     /// # Errors
     ///
     /// [`RingError::Empty`] without nodes; [`RingError::Full`] when no node is below the
-    /// cap (possible only when the inner locator offers fewer nodes than it counts).
+    /// cap (possible only when the inner locator offers fewer nodes than it counts);
+    /// [`RingError::TableFull`] for a new key when the table is full; [`RingError::Inner`]
+    /// when the inner locator fails otherwise.
     pub fn assign(&self, key: &[u8]) -> Result<NodeId, RingError> {
         let kh = hash_key(key);
         let mut state = self.lock();
         if let Some(node) = state.assigned.get(&kh) {
             return Ok(node.clone());
         }
-        let total = state.assigned.len() as u64 + 1;
+        let assigned = state.assigned.len() as u64;
+        if assigned >= self.max_keys {
+            return Err(RingError::TableFull { max: self.max_keys });
+        }
+        let total = assigned + 1;
         let cap = self.cap_for(total);
         let below = |state: &State, id: &NodeId| state.loads.get(id).copied().unwrap_or(0) < cap;
-        let owner = self.inner.owner(key).map_err(|_| RingError::Empty)?;
+        let owner = self.inner.owner(key).map_err(inner_error)?;
         let chosen = if below(&state, &owner) {
             owner
         } else {
             let all = self
                 .inner
                 .replicas(key, self.inner.node_count())
-                .map_err(|_| RingError::Empty)?;
+                .map_err(inner_error)?;
             all.into_iter()
                 .find(|id| below(&state, id))
                 .ok_or(RingError::Full { cap })?
@@ -125,7 +187,7 @@ impl<L: Locator> BoundedLoads<L> {
         let mut state = self.lock();
         let node = state.assigned.remove(&hash_key(key))?;
         if let Some(load) = state.loads.get_mut(&node) {
-            *load -= 1;
+            *load = load.saturating_sub(1);
         }
         Some(node)
     }
@@ -173,30 +235,12 @@ impl<L: fmt::Debug> fmt::Debug for BoundedLoads<L> {
     }
 }
 
-impl<L: Locator> Locator for BoundedLoads<L> {
-    /// Assigns the key if it is new (this records it), else returns its node.
-    fn owner(&self, key: &[u8]) -> Result<NodeId, distkit_core::Error> {
-        Ok(self.assign(key)?)
-    }
-
-    /// The assigned node first, then the inner locator's other choices.
-    fn replicas(&self, key: &[u8], n: usize) -> Result<Vec<NodeId>, distkit_core::Error> {
-        let first = self.assign(key)?;
-        let mut out = vec![first];
-        for id in self.inner.replicas(key, self.inner.node_count())? {
-            if out.len() >= n {
-                break;
-            }
-            if !out.contains(&id) {
-                out.push(id);
-            }
-        }
-        out.truncate(n);
-        Ok(out)
-    }
-
-    fn node_count(&self) -> usize {
-        self.inner.node_count()
+/// The inner locator's error: "no nodes" stays [`RingError::Empty`]; anything else keeps its
+/// message.
+fn inner_error(e: distkit_core::Error) -> RingError {
+    match e {
+        distkit_core::Error::NoCapacity { .. } => RingError::Empty,
+        other => RingError::Inner(other.to_string()),
     }
 }
 
@@ -219,7 +263,7 @@ mod tests {
     fn empty_inner_is_an_error_not_a_panic() {
         let b = BoundedLoads::new(HashRing::new(), 0.1).unwrap();
         assert_eq!(b.assign(b"k"), Err(RingError::Empty));
-        assert!(Locator::owner(&b, b"k").is_err());
+        assert_eq!(b.lookup(b"k"), None);
     }
 
     #[test]
@@ -236,5 +280,22 @@ mod tests {
         assert_eq!(b.release(b"k"), Some(first));
         assert_eq!(b.assigned(), 0);
         assert_eq!(b.release(b"k"), None);
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let mut ring = HashRing::new();
+        ring.add_node(Node::new(NodeId::new("a").unwrap(), "a"))
+            .unwrap();
+        let b = BoundedLoads::new(ring, 0.5).unwrap().with_max_keys(3);
+        for k in [b"1", b"2", b"3"] {
+            b.assign(k).unwrap();
+        }
+        assert_eq!(b.assign(b"4"), Err(RingError::TableFull { max: 3 }));
+        // A key already assigned is still answered; a release makes room.
+        assert!(b.assign(b"1").is_ok());
+        b.release(b"1");
+        assert!(b.assign(b"4").is_ok());
+        assert_eq!(b.assigned(), 3);
     }
 }

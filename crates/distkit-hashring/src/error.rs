@@ -28,6 +28,15 @@ pub enum RingError {
     /// A lookup on a locator without nodes.
     #[error("the locator has no nodes (add a node first)")]
     Empty,
+    /// A bounded-loads table holds as many keys as it may; release some first.
+    #[error("the assignment table is full at {max} keys (release keys, or allow more)")]
+    TableFull {
+        /// The table's limit.
+        max: u64,
+    },
+    /// The locator wrapped by a bounded-loads table failed.
+    #[error("the inner locator failed: {0}")]
+    Inner(String),
     /// The configuration would place more points than the limit.
     #[error(
         "{requested} points requested, more than the limit of {limit} (lower the weights or the points per weight)"
@@ -79,9 +88,11 @@ pub enum RingError {
 impl From<RingError> for distkit_core::Error {
     fn from(e: RingError) -> Self {
         match e {
-            RingError::Empty | RingError::Full { .. } => Self::NoCapacity {
-                reason: e.to_string(),
-            },
+            RingError::Empty | RingError::Full { .. } | RingError::TableFull { .. } => {
+                Self::NoCapacity {
+                    reason: e.to_string(),
+                }
+            }
             other => Self::InvalidInput {
                 what: "locator",
                 reason: other.to_string(),

@@ -16,7 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use distkit_core::{
-    AcquireOptions, DistributedLock, Error, LeaderElector, LockGuard, LockToken, NodeId,
+    AcquireOptions, DistributedLock, Error, ErrorBody, LeaderElector, LockGuard, LockToken, NodeId,
 };
 use distkit_dcache::DistributedCache;
 use distkit_dlock::{LocalLock, RedisLock, Redlock};
@@ -57,7 +57,7 @@ pub async fn run(
     std::fs::create_dir_all(&settings.data_dir).map_err(|e| Error::Storage {
         path: settings.data_dir.display().to_string(),
         reason: "cannot create the data directory".into(),
-        source: Some(Box::new(e)),
+        source: Some(Arc::new(e)),
     })?;
     let (locks, lock_backend): (Arc<dyn DistributedLock>, &'static str) = match &settings.locks {
         LockBackend::InProcess => {
@@ -75,30 +75,26 @@ pub async fn run(
         }
     };
     tracing::info!(id = %settings.id, listen = %settings.listen, locks = lock_backend, peers = settings.peers.len(), "starting node");
-    let elector = if settings.peers.is_empty() {
-        None
-    } else {
-        let transport = HttpTransport::new(
-            settings.peers.clone(),
-            settings.token.clone(),
-            Duration::from_millis(200),
-        )?;
-        let cfg = Config::builder(
-            settings.id.clone(),
-            settings.peers.iter().map(|(id, _)| id.clone()),
-        )
-        .election_timeout(settings.election_timeout.0, settings.election_timeout.1)
-        .heartbeat(settings.heartbeat)
-        .build()?;
-        let store = FileVoteStore::new(settings.data_dir.join("vote.json"));
-        Some(Elector::start(cfg, Arc::new(store), Arc::new(transport))?)
-    };
-    let Some(elector) = elector else {
-        return Err(Error::invalid_input(
-            "peers",
-            "a node needs at least one peer to elect a leader",
-        ));
-    };
+    // Without peers the node is a cluster of one: it leads at once. Its peer routes still
+    // need a token; with none configured, one nobody knows refuses every peer request.
+    let mut settings = settings;
+    if settings.peers.is_empty() && settings.token.is_empty() {
+        settings.token = format!("{:032x}", rand::random::<u128>());
+    }
+    let transport = HttpTransport::new(
+        settings.peers.clone(),
+        settings.token.clone(),
+        Duration::from_millis(200),
+    )?;
+    let cfg = Config::builder(
+        settings.id.clone(),
+        settings.peers.iter().map(|(id, _)| id.clone()),
+    )
+    .election_timeout(settings.election_timeout.0, settings.election_timeout.1)
+    .heartbeat(settings.heartbeat)
+    .build()?;
+    let store = FileVoteStore::new(settings.data_dir.join("vote.json"));
+    let elector = Elector::start(cfg, Arc::new(store), Arc::new(transport))?;
     let mut cache = DistributedCache::builder(settings.id.clone())
         .max_entries(settings.cache_entries)
         .token(settings.token.clone());
@@ -109,6 +105,7 @@ pub async fn run(
         cache = cache.peer(id.clone(), url.clone());
     }
     let cache = cache.build()?;
+    let maintenance = cache.start_maintenance()?;
     let app = Arc::new(App {
         http: reqwest::Client::builder()
             .timeout(Duration::from_millis(300))
@@ -167,27 +164,36 @@ pub async fn run(
     for g in guards {
         let _ = g.release().await;
     }
-    app.elector.stop().await;
+    app.elector.shutdown().await;
+    maintenance.shutdown().await;
     Ok(())
 }
 
+/// A refusal that is not an [`Error`], with the JSON body every distkit router sends.
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    let kind = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "invalid_input",
+    };
+    let body = ErrorBody {
+        retryable: status == StatusCode::SERVICE_UNAVAILABLE,
+        ..ErrorBody::new(kind, message)
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_json(),
+    )
+        .into_response()
 }
 
+/// The one conversion from an [`Error`] to a response, shared with every distkit router.
 fn from_error(e: &Error) -> Response {
-    let status = match e {
-        Error::InvalidInput { reason, .. } if reason.contains("limit") => {
-            StatusCode::PAYLOAD_TOO_LARGE
-        }
-        Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
-        Error::Busy { .. } => StatusCode::CONFLICT,
-        Error::NotHeld { .. } => StatusCode::CONFLICT,
-        Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    error(status, &e.to_string())
+    e.into_response()
 }
 
 fn path(p: Result<Path<String>, PathRejection>) -> Result<String, Response> {

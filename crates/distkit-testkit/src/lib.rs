@@ -48,6 +48,7 @@
 
 pub mod report;
 mod resp;
+pub mod tasks;
 
 use std::io::{BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};

@@ -15,6 +15,7 @@ struct Cluster {
     urls: Vec<String>,
     caches: Vec<DistributedCache>,
     servers: Vec<Option<JoinHandle<()>>>,
+    _maintenance: Vec<distkit_dcache::Maintenance>,
 }
 
 async fn cluster(n: usize, hot: bool) -> Cluster {
@@ -27,9 +28,11 @@ async fn cluster(n: usize, hot: bool) -> Cluster {
         .map(|l| TcpListener::from_std(l).unwrap());
     let mut caches = Vec::new();
     let mut servers = Vec::new();
+    let mut maintenance = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
         let c = node(&ids, &urls, i, hot);
         servers.push(Some(serve(&c, l)));
+        maintenance.push(c.start_maintenance().unwrap());
         caches.push(c);
     }
     Cluster {
@@ -37,6 +40,7 @@ async fn cluster(n: usize, hot: bool) -> Cluster {
         urls,
         caches,
         servers,
+        _maintenance: maintenance,
     }
 }
 

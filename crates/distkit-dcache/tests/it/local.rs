@@ -37,6 +37,7 @@ async fn expired_entries_nobody_reads_are_swept() {
         .staleness_check(Duration::from_millis(100))
         .build()
         .unwrap();
+    let maintenance = cache.start_maintenance().unwrap();
     for i in 0..100 {
         cache
             .set_with_ttl(&format!("k{i}"), "v", Duration::from_millis(50))
@@ -53,6 +54,7 @@ async fn expired_entries_nobody_reads_are_swept() {
         1,
         "the sweep removed what expired without a read"
     );
+    maintenance.shutdown().await;
 }
 
 #[tokio::test]
@@ -126,15 +128,23 @@ async fn bad_input_is_typed() {
     ));
     assert!(matches!(
         cache.set("123456789", "v").await,
-        Err(Error::InvalidInput { .. })
+        Err(Error::TooLarge {
+            what: "cache key",
+            actual: 9,
+            limit: 8
+        })
     ));
     assert!(matches!(
         cache.set("k", "12345").await,
-        Err(Error::InvalidInput { .. })
+        Err(Error::TooLarge {
+            what: "cache value",
+            actual: 5,
+            limit: 4
+        })
     ));
     assert!(matches!(
         Cache::get(&cache, &"x".repeat(10_000)).await,
-        Err(Error::InvalidInput { .. })
+        Err(Error::TooLarge { .. })
     ));
     let big = cache
         .get_or_load(
@@ -142,7 +152,7 @@ async fn bad_input_is_typed() {
             Loader::new(|| async { Ok::<_, std::io::Error>(vec![0u8; 100]) }),
         )
         .await;
-    assert!(matches!(big, Err(Error::InvalidInput { .. })), "{big:?}");
+    assert!(matches!(big, Err(Error::TooLarge { .. })), "{big:?}");
     assert!(DistributedCache::new(0, None).is_err());
     assert!(
         cache

@@ -69,7 +69,7 @@ impl Cluster {
         if let Some(n) = self.nodes[i].take() {
             n.server.abort();
             let _ = n.server.await; // the listener is closed once the task is gone
-            n.elector.stop().await;
+            n.elector.shutdown().await;
         }
     }
 

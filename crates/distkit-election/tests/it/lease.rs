@@ -47,7 +47,7 @@ async fn one_member_leads_and_a_stopped_leader_is_replaced_fast() {
             "member {i}"
         );
     }
-    ms[leader].stop();
+    ms[leader].shutdown().await;
     let (next, took) = wait_leader(&ms, Some(leader), Duration::from_secs(3)).await;
     assert!(
         ms[next].leadership().term > term,

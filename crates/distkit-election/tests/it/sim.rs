@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use distkit_election::sim::{Sim, SimConfig, chaos_run};
+use distkit_election::sim::{Sim, SimConfig, chaos_run, hostile_chaos_run};
 
 /// How many randomized runs `cargo xtask test` makes; `cargo xtask sim --seeds N` sets more.
 fn seeds() -> u64 {
@@ -22,6 +22,30 @@ fn chaos_runs_are_safe_and_elect_one_leader_after_healing() {
         if !v.is_empty() {
             failures.push(format!(
                 "seed {seed} (replay: DISTKIT_SIM_SEED_BASE={seed} DISTKIT_SIM_SEEDS=1):\n  {}",
+                v.join("\n  ")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failing seeds:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn chaos_runs_with_a_hostile_peer_stay_safe() {
+    let base: u64 = std::env::var("DISTKIT_SIM_SEED_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut failures = Vec::new();
+    for seed in base..base + seeds() {
+        let v = hostile_chaos_run(seed);
+        if !v.is_empty() {
+            failures.push(format!(
+                "hostile seed {seed} (replay: DISTKIT_SIM_SEED_BASE={seed} DISTKIT_SIM_SEEDS=1):\n  {}",
                 v.join("\n  ")
             ));
         }

@@ -108,14 +108,21 @@ proptest! {
     fn replicas_are_distinct_and_start_with_the_owner(nodes in members(8), n in 1usize..12, salt in any::<u64>()) {
         let shard_ids: Vec<NodeId> = nodes.iter().map(|x| x.id().clone()).collect();
         let ketama_nodes: Vec<Node> = nodes.iter().map(|x| Node::new(x.id().clone(), x.address()).with_weight(x.weight())).collect();
-        let locators: [Arc<dyn Locator>; 6] = [
+        let locators: [Arc<dyn Locator>; 5] = [
             Arc::new(small_ring(&nodes)),
             Arc::new(Ketama::new(ketama_nodes).unwrap()),
             Arc::new(JumpHash::new(shard_ids)),
             Arc::new(Maglev::with_table_size(nodes.clone(), 1009).unwrap()),
             Arc::new(Rendezvous::new(nodes.clone()).unwrap()),
-            Arc::new(BoundedLoads::new(small_ring(&nodes), 0.2).unwrap()),
         ];
+        let bounded = BoundedLoads::new(small_ring(&nodes), 0.2).unwrap();
+        for k in keys(30, salt) {
+            let r = bounded.assign_with_replicas(&k, n).unwrap();
+            prop_assert_eq!(r.len(), n.min(nodes.len()));
+            prop_assert_eq!(&r[0], &bounded.assign(&k).unwrap());
+            let distinct: BTreeSet<&NodeId> = r.iter().collect();
+            prop_assert_eq!(distinct.len(), r.len());
+        }
         for l in locators {
             for k in keys(30, salt) {
                 let r = l.replicas(&k, n).unwrap();
