@@ -414,6 +414,7 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
         assert_eq!(resp.status().as_u16(), want, "{what}");
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         assert!(body["error"].is_string(), "{what}: JSON error body");
+        assert!(body["kind"].is_string(), "{what}: the error's kind");
     }
     // Everything else still works.
     let r = http
@@ -475,4 +476,67 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
         "prometheus text: {metrics}"
     );
     let _ = c.procs[0].port;
+}
+
+/// The first wave refused a node without peers ("a node needs at least one peer"). A node
+/// on its own is a cluster of one: it leads at once and serves locks and the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_peers_leads_at_once_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = distkit_testkit::free_port().unwrap();
+    let mut child = Command::new(NODE)
+        .args(["--id", "solo", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .env_remove("DISTKIT_PEERS")
+        .env_remove("DISTKIT_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the node binary starts");
+    let u = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    let leading = loop {
+        if let Some(s) = status(&http, &u).await
+            && s["leader"] == "solo"
+        {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the single node did not lead"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(leading["role"], "leader");
+    assert_eq!(leading["lease"], true);
+    let r = http
+        .put(format!("{u}/v1/cache/k"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let v = http.get(format!("{u}/v1/cache/k")).send().await.unwrap();
+    assert_eq!(v.bytes().await.unwrap().as_ref(), b"v");
+    let grant = http
+        .post(format!("{u}/v1/locks/a"))
+        .body("{\"ttl_ms\": 5000}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(grant.status().as_u16(), 200);
+    // Its peer routes refuse strangers: a token nobody knows was made up for them.
+    let peer = http
+        .get(format!("{u}/v1/peer/seq"))
+        .bearer_auth("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peer.status().as_u16(), 401);
+    let _ = signal(child.id(), "TERM");
+    let _ = child.wait();
 }

@@ -347,3 +347,119 @@ async fn into_lease_stops_the_hook_and_leaves_the_lock_held() {
     assert!(table.is_held(&lease).await.unwrap(), "not released");
     assert_eq!(table.releases.load(Ordering::SeqCst), 0);
 }
+
+/// Every variant has a kind and a status; the first wave chose statuses by searching the
+/// message text (`contains("limit")`), so a size error read as a bad request.
+#[test]
+fn every_error_has_a_kind_a_status_and_a_json_body() {
+    use std::time::Duration;
+    let io = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+    let cases: Vec<(Error, &str, u16, bool)> = vec![
+        (
+            Error::invalid_input("ttl", "zero"),
+            "invalid_input",
+            400,
+            false,
+        ),
+        (
+            Error::too_large("cache value", 10, 4),
+            "too_large",
+            413,
+            false,
+        ),
+        (
+            Error::Timeout {
+                operation: "x",
+                after: Duration::from_millis(300),
+            },
+            "timeout",
+            504,
+            true,
+        ),
+        (
+            Error::Busy {
+                what: "lock a".into(),
+                waited: Duration::ZERO,
+            },
+            "busy",
+            409,
+            true,
+        ),
+        (
+            Error::unavailable("peer", "reset", io()),
+            "unavailable",
+            503,
+            true,
+        ),
+        (
+            Error::NotHeld {
+                what: "lock".into(),
+                reason: "expired".into(),
+            },
+            "not_held",
+            409,
+            false,
+        ),
+        (
+            Error::NoCapacity {
+                reason: "none".into(),
+            },
+            "no_capacity",
+            503,
+            false,
+        ),
+        (
+            Error::protocol_with("p", "garbage", io()),
+            "protocol",
+            502,
+            false,
+        ),
+        (Error::load("k", io()), "load", 502, false),
+        (
+            Error::Storage {
+                path: "/x".into(),
+                reason: "full".into(),
+                source: None,
+            },
+            "storage",
+            500,
+            false,
+        ),
+    ];
+    for (e, kind, status, retryable) in cases {
+        assert_eq!(e.kind(), kind, "{e}");
+        assert_eq!(e.http_status(), status, "{e}");
+        assert_eq!(e.is_retryable(), retryable, "{e}");
+        let body: crate::ErrorBody = serde_json::from_str(&e.http_body()).unwrap();
+        assert_eq!(body.error, e.to_string());
+        assert_eq!(body.kind, kind);
+        assert_eq!(body.retryable, retryable);
+    }
+}
+
+/// Errors shared with waiting callers keep their variant and their cause (the first wave
+/// flattened them to strings).
+#[test]
+fn a_cloned_error_keeps_its_kind_and_its_cause() {
+    use std::error::Error as _;
+    let e = Error::unavailable(
+        "redis",
+        "refused",
+        std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+    );
+    let shared = e.clone();
+    assert!(shared.is_retryable());
+    let cause = shared.source().expect("a cause");
+    assert_eq!(
+        cause
+            .downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind),
+        Some(std::io::ErrorKind::ConnectionRefused)
+    );
+    assert_eq!(e.to_string(), shared.to_string());
+    let e = Error::too_large("key", usize::MAX, 1);
+    assert_eq!(
+        e.to_string(),
+        format!("key is too large: {} bytes, the limit is 1", u64::MAX)
+    );
+}

@@ -5,15 +5,17 @@
 //! peer's request, so members that disagree about the ring cannot bounce a request between
 //! them (groupcache's open forwarding-loop bug). Values travel as raw bytes; the remaining
 //! TTL travels in `x-distkit-ttl-ms` (never an absolute time), the owner's write sequence
-//! number in `x-distkit-seq`.
+//! number in `x-distkit-seq`. A key travels in the path as the lowercase hex of its bytes, so
+//! every key arrives unchanged: no URL normalisation can drop a tab, fold `..` or split at a
+//! `/`.
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /v1/peer/cache/{key}` | 200 value, 404 miss |
-//! | `PUT /v1/peer/cache/{key}[?lease=N]` | 204; with a lease, completes that load |
-//! | `DELETE /v1/peer/cache/{key}` | 200 `{"deleted": bool}` |
-//! | `POST /v1/peer/cache/{key}/load` | 200 value, 202 `{"lease": N}` (you load it), 409 retry |
-//! | `POST /v1/peer/cache/{key}/abandon?lease=N` | 204: the loader failed |
+//! | `GET /v1/peer/cache/{hex key}` | 200 value, 404 miss |
+//! | `PUT /v1/peer/cache/{hex key}[?lease=N]` | 204; with a lease, completes that load |
+//! | `DELETE /v1/peer/cache/{hex key}` | 200 `{"deleted": bool}` |
+//! | `POST /v1/peer/cache/{hex key}/load` | 200 value, 202 `{"lease": N}` (you load it), 409 retry |
+//! | `POST /v1/peer/cache/{hex key}/abandon?lease=N` | 204: the loader failed |
 //! | `POST /v1/peer/invalidate` | 204; body `{"from", "seq", "keys"}` |
 //! | `GET /v1/peer/seq` | 200 `{"seq": N}` |
 //!
@@ -90,7 +92,7 @@ impl PeerClient {
             let mut segs = u
                 .path_segments_mut()
                 .map_err(|()| Error::invalid_input("peer url", "it cannot have a path"))?;
-            segs.extend(["v1", "peer", "cache", key]);
+            segs.extend(["v1", "peer", "cache", &hex_encode(key.as_bytes())]);
             if let Some(s) = suffix {
                 segs.push(s);
             }
@@ -373,7 +375,14 @@ fn admit(
     if !authorized(headers, inner.token.as_ref()) {
         return Err(error("unauthorized", "missing or wrong cluster token"));
     }
-    let Path(key) = key.map_err(|e| error("invalid_input", &format!("bad key: {e}")))?;
+    let Path(hex) = key.map_err(|e| error("invalid_input", &format!("bad key: {e}")))?;
+    // Checked against the limit before decoding, so a huge path costs nothing.
+    if hex.len() > inner.max_key.saturating_mul(2) {
+        return Err(Error::too_large("cache key", hex.len() / 2, inner.max_key).into_response());
+    }
+    let key = hex_decode(&hex)
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| error("invalid_input", "the key must be the hex of UTF-8 bytes"))?;
     inner.check_key(&key).map_err(IntoResponse::into_response)?;
     Ok(key)
 }
@@ -567,4 +576,59 @@ async fn seq(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
     }
     let seq = inner.seq.load(std::sync::atomic::Ordering::SeqCst);
     axum::Json(serde_json::json!({ "seq": seq })).into_response()
+}
+
+/// Lowercase hex of `bytes`: how a key travels in a peer URL.
+fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+/// The bytes of a hex string (either case); `None` for anything else.
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_hex() {
+        for k in [
+            "",
+            "a",
+            "..",
+            ".",
+            "user:0\n",
+            "\t\r\n",
+            "a/b?c#d%2F",
+            "ключ",
+            "\u{0}",
+        ] {
+            assert_eq!(
+                hex_decode(&hex_encode(k.as_bytes())).as_deref(),
+                Some(k.as_bytes())
+            );
+        }
+        for bad in ["0", "zz", "0g", "é0"] {
+            assert_eq!(hex_decode(bad), None, "{bad}");
+        }
+    }
 }

@@ -110,7 +110,7 @@ pub use local::LocalLock;
 pub use name::MAX_NAME_LEN;
 #[doc(inline)]
 pub use redis_lock::{
-    DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX, DEFAULT_TTL, RedisLock, RedisLockBuilder,
+    DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX, DEFAULT_TTL, MAX_POOL_SIZE, RedisLock, RedisLockBuilder,
 };
 #[doc(inline)]
 pub use redlock::{Redlock, RedlockBuilder};

@@ -16,10 +16,7 @@ pub(crate) fn validate(name: &str) -> Result<(), Error> {
         return Err(bad("it is empty".into()));
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(bad(format!(
-            "it is {} bytes long, the limit is {MAX_NAME_LEN}",
-            name.len()
-        )));
+        return Err(Error::too_large("lock name", name.len(), MAX_NAME_LEN));
     }
     if let Some(c) = name
         .chars()

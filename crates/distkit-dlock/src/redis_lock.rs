@@ -22,6 +22,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_PREFIX: &str = "distkit:lock:";
 /// Default limit for one Redis command, including getting a connection.
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest connection pool accepted (the pool allocates its slots up front).
+pub const MAX_POOL_SIZE: usize = 1024;
 
 /// Configures a [`RedisLock`].
 #[derive(Clone, Debug)]
@@ -69,7 +71,8 @@ impl RedisLockBuilder {
         self
     }
 
-    /// Connections in the pool (default 8). Each is multiplexed, so a few suffice.
+    /// Connections in the pool (default 8, at most [`MAX_POOL_SIZE`]). Each is multiplexed,
+    /// so a few suffice.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
@@ -80,8 +83,8 @@ impl RedisLockBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidInput`] for an unparsable URL, a zero or sub-millisecond TTL, a
-    /// renewal interval not shorter than the TTL, a zero timeout or pool size, or a prefix
-    /// with braces.
+    /// renewal interval not shorter than the TTL, a zero timeout, a pool size of 0 or over
+    /// [`MAX_POOL_SIZE`], or a prefix with braces.
     pub fn build(self) -> Result<RedisLock, Error> {
         validate_ttl(self.ttl)?;
         if let Some(every) = self.renew_every
@@ -101,8 +104,14 @@ impl RedisLockBuilder {
                 "it must be greater than zero",
             ));
         }
-        if self.pool_size == 0 {
-            return Err(Error::invalid_input("pool size", "it must be at least 1"));
+        if self.pool_size == 0 || self.pool_size > MAX_POOL_SIZE {
+            return Err(Error::invalid_input(
+                "pool size",
+                format!(
+                    "it must be from 1 to {MAX_POOL_SIZE}, got {}",
+                    self.pool_size
+                ),
+            ));
         }
         if self.prefix.contains(['{', '}']) {
             return Err(Error::invalid_input(

@@ -1,4 +1,5 @@
 //! Public-API tests of distkit-dcache on real nodes talking HTTP on loopback.
 
 mod cluster;
+mod hostile;
 mod local;

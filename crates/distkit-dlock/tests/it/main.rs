@@ -2,6 +2,7 @@
 //! testkit on free loopback ports.
 
 mod hostile;
+mod lifecycle_and_input;
 mod local;
 mod redis;
 mod redlock;

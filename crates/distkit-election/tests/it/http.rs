@@ -200,12 +200,16 @@ async fn bad_http_input_is_refused_without_state_change() {
         (http.post(&url).bearer_auth(TOKEN).json(&vote("node-0", "someone-else")), 400),
         (http.post(&url).bearer_auth(TOKEN).header("content-type", "application/json").body(vec![b' '; 64 * 1024]), 413),
         (http.post(&url).bearer_auth(TOKEN).json(&serde_json::json!({"from": "node-0", "to": to, "msg": {"type": "vote", "term": -1}})), 400),
+        // Terms above Term::MAX (2^63 - 1) are refused before they reach the core.
+        (http.post(&url).bearer_auth(TOKEN).json(&serde_json::json!({"from": "node-0", "to": to, "msg": {"type": "vote", "term": u64::MAX, "transfer": true}})), 400),
+        (http.post(&url).bearer_auth(TOKEN).json(&serde_json::json!({"from": "node-0", "to": to, "msg": {"type": "heartbeat", "term": 1u64 << 63, "sent_at_us": 0}})), 400),
     ];
     for (i, (req, want)) in cases.into_iter().enumerate() {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status().as_u16(), want, "case {i}");
         let body: serde_json::Value = resp.json().await.unwrap();
         assert!(body["error"].is_string(), "case {i}: JSON error body");
+        assert!(body["kind"].is_string(), "case {i}: the error's kind");
     }
     // The huge-term vote from a stranger or without a token changed nothing.
     tokio::time::sleep(Duration::from_millis(100)).await;
