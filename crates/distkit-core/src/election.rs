@@ -100,11 +100,15 @@ pub trait LeaderElector: Send + Sync + fmt::Debug {
         self.subscribe().borrow().leader.clone()
     }
 
-    /// Gives up leadership (if held) and lets another node take over.
+    /// Gives up leadership if this node leads, and returns once the hand-over is made: the
+    /// Raft elector's `TimeoutNow` has been delivered to its successor, the lease election's
+    /// lease has been released in Redis. If this node does not lead, it does nothing, now or
+    /// later: a resign is never kept for a later win.
     ///
     /// # Errors
     ///
-    /// When the backend cannot be told (the lease then runs out on its own).
+    /// [`Error::Unavailable`] when the elector has stopped; when the backend cannot be told,
+    /// the lease runs out on its own.
     async fn resign(&self) -> Result<(), Error>;
 }
 

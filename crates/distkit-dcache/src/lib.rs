@@ -26,7 +26,13 @@
 //!   reads of its keys are misses and `get_or_load` runs the loader locally without caching.
 //! * **Limits and security**: keys up to 1 KiB and values up to 1 MiB by default (typed
 //!   errors, HTTP 413); peer routes require the shared cluster token; malformed requests get
-//!   400 with a JSON error; nothing a peer sends can panic the node.
+//!   400 with a JSON error; keys travel between nodes as the hex of their bytes, so every key
+//!   arrives unchanged; durations are checked (TTLs up to [`MAX_TTL`]), so nothing a caller
+//!   or a peer sends can panic the node.
+//! * **Background work has an owner**: `build()` spawns nothing.
+//!   [`start_maintenance`](DistributedCache::start_maintenance) starts the sweeps of expired
+//!   entries and the periodic staleness check and returns the [`Maintenance`] handle that owns
+//!   the task (`shutdown().await` ends it; dropping the handle aborts it).
 //! * **Metrics** through the `metrics` facade: `distkit_dcache_hits_total{tier}`,
 //!   `distkit_dcache_misses_total{tier}`, `distkit_dcache_loads_total`,
 //!   `distkit_dcache_loads_coalesced_total`, `distkit_dcache_peer_errors_total`,
@@ -56,6 +62,8 @@
 //!         b = b.peer(ids[j].clone(), urls[j].clone());
 //!     }
 //!     let cache = b.build()?;
+//!     let maintenance = cache.start_maintenance()?; // keep it for as long as the node runs
+//!     # drop(maintenance);
 //!     let app = cache.router();
 //!     tokio::spawn(async move { axum::serve(listener, app).await });
 //!     nodes.push(cache);

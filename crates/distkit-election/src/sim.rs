@@ -646,8 +646,9 @@ pub fn chaos_run(seed: u64) -> Vec<String> {
 }
 
 /// [`chaos_run`] with the hostile member acting throughout the faults (see the module docs).
-/// Safety must hold; after healing one leader must emerge unless a hostile term left the
-/// term space exhausted (a node at [`Term::MAX`] cannot campaign: by the rule for extreme
+/// Safety must hold; after healing one leader must emerge within six maximum timeouts (the
+/// hostile member counts toward the quorum but never votes, so split votes take longer to
+/// resolve) unless a hostile term left the term space exhausted (a node at [`Term::MAX`] cannot campaign: by the rule for extreme
 /// terms it stays a follower rather than vote twice).
 #[must_use]
 pub fn hostile_chaos_run(seed: u64) -> Vec<String> {
@@ -736,18 +737,40 @@ pub fn chaos_run_with(seed: u64, cfg: SimConfig) -> Vec<String> {
             sim.restart(i);
         }
     }
-    sim.run_for(max_timeout * 2 + max_delay);
+    // The hostile member counts toward the quorum but never votes: four of the five honest
+    // votes are needed, split votes are likelier and may take a few more rounds.
+    let window = if hostile {
+        max_timeout * 6 + max_delay
+    } else {
+        max_timeout * 2 + max_delay
+    };
+    sim.run_for(window);
     let mut v = sim.violations().to_vec();
     let leaders = sim.leaders();
     // A term at the top leaves no term to campaign in: no leader is expected then.
     let exhausted = sim.max_term().checked_next().is_none();
     if leaders.len() != 1 && !exhausted {
+        let states: Vec<String> = (0..n)
+            .filter_map(|i| sim.node(i))
+            .map(|c| {
+                let l = c.leadership();
+                format!(
+                    "{}: {} of term {} (leader {:?}, voted {:?})",
+                    c.config().id(),
+                    l.role,
+                    l.term,
+                    l.leader.as_ref().map(NodeId::as_str),
+                    c.hard_state().voted_for.as_ref().map(NodeId::as_str)
+                )
+            })
+            .collect();
         v.push(format!(
-            "seed {seed}: {} leaders {:?} at {:?}, {:?} after the network healed",
+            "seed {seed}: {} leaders {:?} at {:?}, {:?} after the network healed; {}",
             leaders.len(),
             leaders,
             sim.now(),
-            max_timeout * 2 + max_delay
+            window,
+            states.join("; ")
         ));
     }
     v

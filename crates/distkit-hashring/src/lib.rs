@@ -17,8 +17,14 @@
 //! | [`Rendezvous`] | O(n) | perfect up to sampling | any node; only its keys move | small clusters needing top-k replicas |
 //! | [`BoundedLoads`] | inner + cap check | at most `ceil((1+eps) x mean)` | fixed member set | hard caps on hot nodes |
 //!
+//! The first five implement [`Locator`](distkit_core::Locator): the owner depends only on
+//! the member set. [`BoundedLoads`] does not, on purpose: its assignments depend on the order
+//! keys arrive in and are remembered (in a bounded table), so it offers `assign`/`release`
+//! instead.
+//!
 //! All of them refuse bad input with a [`RingError`] (weight 0, duplicate or unknown nodes,
-//! lookups on an empty locator, eps <= 0, too many points, a table size that is not prime)
+//! lookups on an empty locator, eps <= 0, too many points, a table size that is not prime, a
+//! full assignment table)
 //! and never panic on it.
 //!
 //! # Example

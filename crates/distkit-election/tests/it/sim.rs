@@ -198,3 +198,37 @@ fn the_default_drift_allowance_prevents_those_overlaps() {
         );
     }
 }
+
+/// The hostile member really acts: its out-of-range terms, misdeliveries and strangers are
+/// refused, its accepted extreme terms move the cluster, and no safety property breaks.
+#[test]
+fn the_hostile_member_is_refused_where_it_must_be_and_breaks_nothing() {
+    let mut refused = 0;
+    let mut top = distkit_core::Term::ZERO;
+    for seed in 0..50 {
+        let cfg = SimConfig {
+            hostile: true,
+            ..SimConfig::default()
+        };
+        let mut sim = Sim::new(seed, cfg);
+        for _ in 0..20 {
+            for _ in 0..20 {
+                sim.hostile_act(Duration::from_millis(100));
+            }
+            sim.run_for(Duration::from_millis(100));
+        }
+        assert!(
+            sim.violations().is_empty(),
+            "seed {seed}: {:?}",
+            sim.violations()
+        );
+        refused += sim.refused();
+        top = top.max(sim.max_term());
+    }
+    assert!(refused > 1000, "only {refused} hostile inputs were refused");
+    assert!(
+        top > distkit_core::Term::new(1_000),
+        "hostile terms were never adopted: {top}"
+    );
+    assert!(top.is_valid());
+}
