@@ -56,6 +56,12 @@ impl From<String> for Loaded {
     }
 }
 
+impl From<&'static str> for Loaded {
+    fn from(value: &'static str) -> Self {
+        Self::from(Bytes::from_static(value.as_bytes()))
+    }
+}
+
 /// The future a [`Loader`] runs.
 pub type LoadFuture = Pin<Box<dyn Future<Output = Result<Loaded, BoxError>> + Send>>;
 

@@ -1,285 +1,27 @@
-//! `DistributedCache`: the local tier, key ownership, coalesced loads, hot copies and
-//! invalidation.
+//! `DistributedCache`: the public API, and `Inner`, which ties the concerns together: the
+//! local and hot tiers, the membership snapshot (`membership`), the load tables (`loads`),
+//! invalidation bookkeeping (`versions`), the circuit breaker (`breaker`) and the peer
+//! protocol (`peer`).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use distkit_core::{Cache, ClusterToken, Error, Loader, NodeId};
-use distkit_hashring::{HashRing, Node};
 use tokio::sync::watch;
 
-use crate::local::{self, Capacity, Entry};
+use crate::breaker::Breaker;
+use crate::builder::{DistributedCacheBuilder, check_ttl};
+use crate::loads::{AttemptId, Claim, LoadTable, SlotId};
+use crate::local::{self, Entry};
+use crate::maintenance::Maintenance;
+use crate::membership::{Members, Membership, Owner};
 use crate::metrics::Metrics;
-use crate::peer::{PeerClient, RemoteLoad};
-
-/// Default key limit in bytes.
-pub const DEFAULT_MAX_KEY: usize = 1024;
-/// Default value limit in bytes.
-pub const DEFAULT_MAX_VALUE: usize = 1024 * 1024;
-/// The longest TTL, idle time or hot-copy life accepted: 100 years (moka refuses more than
-/// 1,000; nothing cached needs more than a few days).
-pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// `d` from now, or `None` when the clock cannot represent it (a limit that long never ends).
-fn from_now(d: Duration) -> Option<Instant> {
-    Instant::now().checked_add(d)
-}
-
-/// Configures a [`DistributedCache`].
-#[derive(Clone, Debug)]
-#[must_use]
-pub struct DistributedCacheBuilder {
-    id: NodeId,
-    peers: Vec<(NodeId, String)>,
-    capacity: Capacity,
-    ttl: Option<Duration>,
-    tti: Option<Duration>,
-    max_key: usize,
-    max_value: usize,
-    hot_copies: bool,
-    hot_ttl: Duration,
-    token: Option<String>,
-    request_timeout: Duration,
-    load_timeout: Duration,
-    suspect_for: Duration,
-    staleness_check: Duration,
-}
-
-impl DistributedCacheBuilder {
-    /// Bound the local tier by entry count (default 10,000 entries).
-    pub fn max_entries(mut self, n: u64) -> Self {
-        self.capacity = Capacity::Entries(n);
-        self
-    }
-
-    /// Bound the local tier by the bytes of keys and values instead.
-    pub fn max_bytes(mut self, n: u64) -> Self {
-        self.capacity = Capacity::Bytes(n);
-        self
-    }
-
-    /// Default time to live for entries stored without one.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
-        self
-    }
-
-    /// Drop entries not read for this long.
-    pub fn tti(mut self, tti: Duration) -> Self {
-        self.tti = Some(tti);
-        self
-    }
-
-    /// Longest key in bytes (default 1 KiB).
-    pub fn max_key_len(mut self, n: usize) -> Self {
-        self.max_key = n;
-        self
-    }
-
-    /// Largest value in bytes (default 1 MiB).
-    pub fn max_value_len(mut self, n: usize) -> Self {
-        self.max_value = n;
-        self
-    }
-
-    /// A peer: its id and base URL (`http://host:port`, where its router is mounted).
-    pub fn peer(mut self, id: NodeId, url: impl Into<String>) -> Self {
-        self.peers.push((id, url.into()));
-        self
-    }
-
-    /// The shared cluster token peers authenticate with (required with peers).
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.token = Some(token.into());
-        self
-    }
-
-    /// Keep hot copies of remote keys (default on; at most 1/8 of the capacity, admitted
-    /// by moka's TinyLFU so only keys read often stay).
-    pub fn hot_copies(mut self, on: bool) -> Self {
-        self.hot_copies = on;
-        self
-    }
-
-    /// Longest life of a hot copy (default 10 s; never longer than the owner's remaining TTL).
-    pub fn hot_ttl(mut self, ttl: Duration) -> Self {
-        self.hot_ttl = ttl;
-        self
-    }
-
-    /// Limit for one peer request (default 500 ms); a timeout marks the peer suspect.
-    pub fn request_timeout(mut self, t: Duration) -> Self {
-        self.request_timeout = t;
-        self
-    }
-
-    /// How long a caller waits for another node's load of the same key (default 10 s).
-    pub fn load_timeout(mut self, t: Duration) -> Self {
-        self.load_timeout = t;
-        self
-    }
-
-    /// How long a failed peer is skipped (default 2 s); then it is tried again.
-    pub fn suspect_for(mut self, t: Duration) -> Self {
-        self.suspect_for = t;
-        self
-    }
-
-    /// How often maintenance runs (default 1 s): entries whose own TTL ran out are swept, and
-    /// peers' write sequence numbers are compared, bounding how long a hot copy can outlive a
-    /// lost invalidation.
-    pub fn staleness_check(mut self, t: Duration) -> Self {
-        self.staleness_check = t;
-        self
-    }
-
-    /// Validates and builds. Nothing is spawned: start the background work (sweeps and the
-    /// staleness check) with [`DistributedCache::start_maintenance`].
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidInput`] for a zero capacity or limit, zero timeouts, a TTL, idle time
-    /// or hot-copy life over [`MAX_TTL`], peers without a token, a peer equal to this node or
-    /// listed twice, or a URL that is not `http://...`.
-    pub fn build(self) -> Result<DistributedCache, Error> {
-        let bad = |what: &'static str, reason: &str| Err(Error::invalid_input(what, reason));
-        match self.capacity {
-            Capacity::Entries(0) | Capacity::Bytes(0) => {
-                return bad("capacity", "it must be at least 1");
-            }
-            _ => {}
-        }
-        if self.max_key == 0 || self.max_value == 0 {
-            return bad("size limit", "key and value limits must be at least 1 byte");
-        }
-        for d in [
-            self.request_timeout,
-            self.load_timeout,
-            self.suspect_for,
-            self.staleness_check,
-            self.hot_ttl,
-        ] {
-            if d.is_zero() {
-                return bad(
-                    "timeout",
-                    "timeouts and intervals must be greater than zero",
-                );
-            }
-        }
-        for (what, d) in [
-            ("ttl", self.ttl),
-            ("tti", self.tti),
-            ("hot ttl", Some(self.hot_ttl)),
-        ] {
-            if let Some(d) = d {
-                check_ttl(what, d)?;
-            }
-        }
-        if !self.peers.is_empty() && self.token.as_deref().is_none_or(str::is_empty) {
-            return bad("cluster token", "peers need a shared token");
-        }
-        let mut ring = HashRing::new();
-        ring.add_node(Node::new(self.id.clone(), "self"))
-            .map_err(|e| Error::invalid_input("node", e.to_string()))?;
-        let client = PeerClient::new(self.token.clone().unwrap_or_default(), self.request_timeout)?;
-        let mut peers = HashMap::new();
-        for (id, url) in self.peers {
-            let url = crate::peer::check_url(&id, &url)?;
-            ring.add_node(Node::new(id.clone(), url.clone()))
-                .map_err(|e| Error::invalid_input("peer", e.to_string()))?;
-            peers.insert(id, url);
-        }
-        let hot_capacity = match self.capacity {
-            Capacity::Entries(n) => Capacity::Entries((n / 8).max(1)),
-            Capacity::Bytes(n) => Capacity::Bytes((n / 8).max(1)),
-        };
-        let inner = Arc::new(Inner {
-            id: self.id,
-            local: local::build(self.capacity, self.ttl, self.tti),
-            hot: self
-                .hot_copies
-                .then(|| local::build(hot_capacity, Some(self.hot_ttl), None)),
-            default_ttl: self.ttl,
-            hot_ttl: self.hot_ttl,
-            ring: RwLock::new(ring),
-            alone: std::sync::atomic::AtomicBool::new(peers.is_empty()),
-            peers: RwLock::new(peers),
-            client,
-            token: match self.token.as_deref() {
-                Some(t) => Some(ClusterToken::new(t)?),
-                None => None,
-            },
-            max_key: self.max_key,
-            max_value: self.max_value,
-            load_timeout: self.load_timeout,
-            suspect_for: self.suspect_for,
-            flights: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-            own_ttls: std::sync::atomic::AtomicBool::new(false),
-            seq: AtomicU64::new(0),
-            seen: Mutex::new(HashMap::new()),
-            suspects: Mutex::new(HashMap::new()),
-            metrics: Metrics::new(),
-        });
-        Ok(DistributedCache {
-            inner,
-            staleness_check: self.staleness_check,
-        })
-    }
-}
-
-/// Refuses a zero TTL (it would store nothing a reader could see) and one over [`MAX_TTL`].
-fn check_ttl(what: &'static str, ttl: Duration) -> Result<(), Error> {
-    if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(Error::invalid_input(
-            what,
-            format!("it must be greater than zero and at most {MAX_TTL:?}, got {ttl:?}"),
-        ));
-    }
-    Ok(())
-}
-
-/// The cache's background work (sweeps of entries whose own TTL ran out, and the staleness
-/// check against peers' write sequence numbers), owned by whoever holds this handle.
-///
-/// [`shutdown`](Self::shutdown) stops it and returns once it has ended; dropping the handle
-/// aborts it at its next await point (no runtime needed for that).
-#[derive(Debug)]
-#[must_use = "dropping the handle stops the maintenance task"]
-pub struct Maintenance {
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Maintenance {
-    /// Stops the task and waits until it has ended.
-    pub async fn shutdown(mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-
-    /// Whether the task has ended.
-    #[must_use]
-    pub fn is_finished(&self) -> bool {
-        self.task
-            .as_ref()
-            .is_none_or(tokio::task::JoinHandle::is_finished)
-    }
-}
-
-impl Drop for Maintenance {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
+use crate::peer::{PeerClient, PeerLoad, PeerService, RemoteLoad};
+use crate::versions::Versions;
 
 /// A cache whose keys are each owned by one node of a cluster, chosen by a consistent hash
 /// ring; see the crate docs. Cheap to clone.
@@ -289,72 +31,878 @@ pub struct DistributedCache {
     staleness_check: Duration,
 }
 
+/// What a load attempt's followers learn.
+#[derive(Clone, Debug)]
+pub(crate) enum Phase {
+    Loading,
+    /// The outcome, shared with every follower of the attempt (the error keeps its kind).
+    Done(Result<Entry, Error>),
+    /// The leader went away without an outcome: claim again.
+    Abandoned,
+}
+
+/// An attempt's signal: followers subscribe, the leader (or whoever ends the attempt) sends.
+pub(crate) type Signal = Arc<watch::Sender<Phase>>;
+
+fn new_signal() -> Signal {
+    Arc::new(watch::channel(Phase::Loading).0)
+}
+
+/// The settings `Inner` is made of (from the builder).
+pub(crate) struct Parts {
+    pub(crate) id: NodeId,
+    pub(crate) local: moka::future::Cache<String, Entry>,
+    pub(crate) hot: Option<moka::future::Cache<String, Entry>>,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) hot_ttl: Duration,
+    pub(crate) members: Membership,
+    pub(crate) client: PeerClient,
+    pub(crate) token: Option<ClusterToken>,
+    pub(crate) max_key: usize,
+    pub(crate) max_value: usize,
+    pub(crate) load_timeout: Duration,
+    pub(crate) suspect_for: Duration,
+}
+
 pub(crate) struct Inner {
     pub(crate) id: NodeId,
     pub(crate) local: moka::future::Cache<String, Entry>,
-    hot: Option<moka::future::Cache<String, Entry>>,
+    pub(crate) hot: Option<moka::future::Cache<String, Entry>>,
     default_ttl: Option<Duration>,
     hot_ttl: Duration,
-    ring: RwLock<HashRing>,
-    /// No peers: every key is ours, without a ring lookup.
-    alone: std::sync::atomic::AtomicBool,
-    peers: RwLock<HashMap<NodeId, String>>,
+    pub(crate) members: Members,
     pub(crate) client: PeerClient,
     /// `None` without peers: then the peer routes refuse every request.
     pub(crate) token: Option<ClusterToken>,
     pub(crate) max_key: usize,
     pub(crate) max_value: usize,
     load_timeout: Duration,
-    suspect_for: Duration,
-    /// Owner side: loads in progress, one per key.
-    flights: Mutex<HashMap<String, Flight>>,
+    /// Owner side: loads of keys this node owns, for local and remote callers.
+    owned_loads: Mutex<LoadTable<Signal>>,
     /// Non-owner side: this node's one request per key to its owner.
-    pending: Mutex<HashMap<String, watch::Receiver<Pending>>>,
+    remote_loads: Mutex<LoadTable<Signal>>,
     /// Set once an entry with a TTL of its own was stored: only then does maintenance sweep.
-    own_ttls: std::sync::atomic::AtomicBool,
+    own_ttls: AtomicBool,
     /// Writes to keys this node owns, for peers to notice missed invalidations.
     pub(crate) seq: AtomicU64,
-    /// Per peer: the newest invalidation sequence number applied here.
-    seen: Mutex<HashMap<NodeId, u64>>,
-    suspects: Mutex<HashMap<NodeId, Instant>>,
+    pub(crate) versions: Versions,
+    breaker: Breaker,
     pub(crate) metrics: Metrics,
-}
-
-/// The outcome of a non-owner's coalesced load, as its followers see it: the leader's own
-/// error, kind and cause kept.
-type Pending = Option<Result<Bytes, Error>>;
-
-pub(crate) struct Flight {
-    lease: u64,
-    expires: Instant,
-    done: watch::Sender<Option<Outcome>>,
-}
-
-#[derive(Clone, Debug)]
-pub(crate) enum Outcome {
-    Value(Entry),
-    Failed,
-}
-
-/// What the owner tells a caller of `get_or_load`.
-pub(crate) enum Claim {
-    Hit(Entry),
-    Lease(u64),
-    Wait(watch::Receiver<Option<Outcome>>, Instant),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Leads one load attempt; if dropped before `finish` (cancelled, or the loader panicked),
+/// it abandons the attempt so a follower takes over at once.
+struct LeadGuard<'a> {
+    table: &'a Mutex<LoadTable<Signal>>,
+    key: &'a str,
+    attempt: AttemptId,
+    armed: bool,
+}
+
+impl LeadGuard<'_> {
+    /// Ends the attempt with `outcome`; true when it was still current (then its followers
+    /// got the outcome).
+    fn finish(mut self, outcome: Result<Entry, Error>) -> bool {
+        self.armed = false;
+        let signal = lock(self.table).finish(self.key, self.attempt);
+        match signal {
+            Some(s) => {
+                s.send_replace(Phase::Done(outcome));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for LeadGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(s) = lock(self.table).abandon(self.key, self.attempt, Instant::now())
+        {
+            s.send_replace(Phase::Abandoned);
+        }
+    }
+}
+
+/// Follows one load attempt; leaves the slot when dropped (cancelled, or done waiting).
+struct FollowGuard<'a> {
+    table: &'a Mutex<LoadTable<Signal>>,
+    key: &'a str,
+    slot: SlotId,
+    armed: bool,
+}
+
+impl Drop for FollowGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(self.table).leave(self.key, self.slot);
+        }
+    }
+}
+
+/// How a follower's wait ended.
+enum Waited {
+    Done(Result<Entry, Error>),
+    /// Abandoned, or the leader's lease ran out: claim again.
+    Again,
+}
+
+/// Waits for the attempt's outcome until `lease_ends`; at the end of the lease the leader is
+/// presumed gone and its attempt expires.
+async fn follow(
+    table: &Mutex<LoadTable<Signal>>,
+    key: &str,
+    slot: SlotId,
+    signal: &Signal,
+    lease_ends: Instant,
+) -> Waited {
+    let mut guard = FollowGuard {
+        table,
+        key,
+        slot,
+        armed: true,
+    };
+    let mut rx = signal.subscribe();
+    let waited = tokio::time::timeout_at(
+        lease_ends.into(),
+        rx.wait_for(|p| !matches!(p, Phase::Loading)),
+    )
+    .await;
+    let phase = match waited {
+        Ok(Ok(p)) => p.clone(),
+        // The sender lives in the table while the attempt does: gone means ended.
+        Ok(Err(_)) => Phase::Abandoned,
+        Err(_) => {
+            let told = lock(table).expire(Instant::now());
+            for s in told {
+                s.send_replace(Phase::Abandoned);
+            }
+            Phase::Abandoned
+        }
+    };
+    match phase {
+        Phase::Done(r) => {
+            // The attempt finished and its slot is gone: nothing to leave.
+            guard.armed = false;
+            Waited::Done(r)
+        }
+        Phase::Loading | Phase::Abandoned => Waited::Again,
+    }
+}
+
+impl Inner {
+    pub(crate) fn new(p: Parts) -> Arc<Self> {
+        Arc::new(Self {
+            id: p.id,
+            local: p.local,
+            hot: p.hot,
+            default_ttl: p.default_ttl,
+            hot_ttl: p.hot_ttl,
+            members: Members::new(p.members),
+            client: p.client,
+            token: p.token,
+            max_key: p.max_key,
+            max_value: p.max_value,
+            load_timeout: p.load_timeout,
+            owned_loads: Mutex::new(LoadTable::new(p.load_timeout)),
+            remote_loads: Mutex::new(LoadTable::new(p.load_timeout)),
+            own_ttls: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
+            versions: Versions::new(),
+            breaker: Breaker::new(p.suspect_for),
+            metrics: Metrics::new(),
+        })
+    }
+
+    pub(crate) fn has_own_ttls(&self) -> bool {
+        self.own_ttls.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn check_key(&self, key: &str) -> Result<(), Error> {
+        if key.is_empty() {
+            return Err(Error::invalid_input("cache key", "it is empty"));
+        }
+        if key.len() > self.max_key {
+            return Err(Error::too_large("cache key", key.len(), self.max_key));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_value(&self, value: &[u8]) -> Result<(), Error> {
+        if value.len() > self.max_value {
+            return Err(Error::too_large("cache value", value.len(), self.max_value));
+        }
+        Ok(())
+    }
+
+    /// The entry to store: an explicit TTL is the entry's own (checked on read, swept);
+    /// otherwise the tier's default TTL applies and only travels on the wire.
+    fn entry(&self, value: Bytes, ttl: Option<Duration>) -> Entry {
+        match ttl {
+            Some(t) if self.default_ttl != Some(t) => {
+                self.own_ttls.store(true, Ordering::Relaxed);
+                Entry::with_own_ttl(value, t)
+            }
+            _ => Entry::new(value, self.default_ttl),
+        }
+    }
+
+    fn unreachable(&self, owner: &NodeId, until: Instant) -> Error {
+        Error::Unavailable {
+            endpoint: owner.to_string(),
+            reason: format!(
+                "the owner of the key failed recently and is skipped for another {:?}",
+                until.saturating_duration_since(Instant::now())
+            ),
+            source: None,
+        }
+    }
+
+    fn mark_suspect(&self, id: &NodeId, why: &Error) {
+        self.metrics.peer_errors.increment(1);
+        tracing::warn!(peer = %id, error = %why, "cache peer failed; skipping it for a while");
+        self.breaker.trip(id);
+    }
+
+    // ---- owner side -------------------------------------------------------------------
+
+    /// Owner: the local value, without going anywhere.
+    pub(crate) async fn get_owned(&self, key: &str) -> Option<Entry> {
+        let e = local::live(&self.local, key).await;
+        if e.is_some() {
+            self.metrics.hit_local.increment(1);
+        } else {
+            self.metrics.miss_local.increment(1);
+        }
+        e
+    }
+
+    /// Owner: stores and tells peers to drop their hot copies. A load of the key in flight
+    /// ends with the written value (its loader's older result is not stored). `Err` when a
+    /// peer did not confirm dropping its copy (the value is stored all the same).
+    pub(crate) async fn set_owned(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        let entry = self.entry(value, ttl);
+        {
+            let _order = self.versions.lock(key).await;
+            self.local.insert(key.to_owned(), entry.clone()).await;
+            self.supersede_load(key, Phase::Done(Ok(entry)));
+        }
+        self.announce(key).await
+    }
+
+    /// Owner: deletes and tells peers. A load in flight is abandoned (its followers load
+    /// again, after the delete). `Err` as for [`set_owned`](Self::set_owned).
+    pub(crate) async fn delete_owned(&self, key: &str) -> Result<bool, Error> {
+        let removed = {
+            let _order = self.versions.lock(key).await;
+            let removed = self.local.remove(key).await.is_some();
+            self.supersede_load(key, Phase::Abandoned);
+            removed
+        };
+        self.announce(key).await?;
+        Ok(removed)
+    }
+
+    /// Ends the attempt in flight for `key`, if any, telling its followers `phase`.
+    fn supersede_load(&self, key: &str, phase: Phase) {
+        let taken = lock(&self.owned_loads).take(key);
+        if let Some(s) = taken {
+            s.send_replace(phase);
+        }
+    }
+
+    /// Owner: stores a loaded value if its attempt is still current (no write superseded
+    /// it), in one step against writes of the key; tells the attempt's followers.
+    async fn store_loaded(
+        &self,
+        key: &str,
+        guard: LeadGuard<'_>,
+        loaded: Result<(Bytes, Option<Duration>), Error>,
+    ) -> Result<Entry, Error> {
+        let (value, ttl) = match loaded {
+            Ok(v) => v,
+            Err(e) => {
+                guard.finish(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let entry = self.entry(value, ttl);
+        let current = {
+            let _order = self.versions.lock(key).await;
+            let current = guard.finish(Ok(entry.clone()));
+            if current {
+                self.local.insert(key.to_owned(), entry.clone()).await;
+            }
+            current
+        };
+        if current && let Err(e) = self.announce(key).await {
+            // An older value may live on as a hot copy elsewhere (evicted here, reloaded);
+            // the peer that did not confirm notices through the staleness check.
+            tracing::debug!(error = %e, "invalidation after a load not confirmed");
+        }
+        Ok(entry)
+    }
+
+    /// Bumps this node's write sequence number and tells every peer to drop its hot copy,
+    /// waiting for each to confirm (one retry after a failure), so that reads after the write
+    /// returns do not see the old value anywhere. Peers the breaker skips are not asked.
+    ///
+    /// `Err` (retryable) names the peers that did not confirm: the write is stored, but they
+    /// may serve an older copy until they notice (the gap in sequence numbers on the next
+    /// invalidation, or the staleness check), at most the hot-copy TTL.
+    async fn announce(&self, key: &str) -> Result<(), Error> {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
+        let members = self.members.load();
+        if members.peer_count() == 0 {
+            return Ok(());
+        }
+        let keys = [key.to_owned()];
+        let sends = members
+            .peers()
+            .filter(|(id, _)| self.breaker.open_until(id).is_none())
+            .map(|(id, url)| {
+                let keys = &keys;
+                async move {
+                    let mut r = self.client.invalidate(url, &self.id, seq, keys).await;
+                    if r.is_err() {
+                        r = self.client.invalidate(url, &self.id, seq, keys).await;
+                    }
+                    (id, r)
+                }
+            });
+        let mut unconfirmed = Vec::new();
+        for (id, r) in futures_util::future::join_all(sends).await {
+            if let Err(e) = r {
+                self.mark_suspect(id, &e);
+                unconfirmed.push(id.to_string());
+            }
+        }
+        if unconfirmed.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Unavailable {
+            endpoint: unconfirmed.join(", "),
+            reason: format!(
+                "the write of {key:?} is stored at its owner, but these peers did not confirm \
+                 dropping their copies; they may serve an older value for up to {:?}",
+                self.hot_ttl
+            ),
+            source: None,
+        })
+    }
+
+    /// A peer's invalidation: drop the keys' hot copies; a gap in its sequence numbers means
+    /// messages were lost, so every hot copy goes.
+    pub(crate) async fn invalidated(&self, from: &NodeId, seq: u64, keys: &[String]) {
+        let Some(hot) = &self.hot else {
+            return;
+        };
+        // Recorded under the first key's lock, so a read of that key in flight either sees
+        // the new number or has its copy removed here.
+        let mut gap = None;
+        for k in keys {
+            let _order = self.versions.lock(k).await;
+            if *gap.get_or_insert_with(|| self.versions.record(from, seq)) {
+                hot.invalidate_all();
+                return;
+            }
+            hot.invalidate(k).await;
+        }
+        if gap.is_none() && self.versions.record(from, seq) {
+            hot.invalidate_all();
+        }
+    }
+
+    /// Owner: a local caller's `get_or_load`: at most one load at a time per key, whoever
+    /// asks; a leader that goes away hands over at once.
+    async fn load_as_owner(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
+        let mut loader = Some(loader);
+        loop {
+            if let Some(e) = local::live(&self.local, key).await {
+                self.metrics.hit_local.increment(1);
+                return Ok(e.value);
+            }
+            let claim = lock(&self.owned_loads).claim(key, Instant::now(), new_signal, None);
+            match claim {
+                Claim::Lead { attempt, .. } => {
+                    let guard = LeadGuard {
+                        table: &self.owned_loads,
+                        key,
+                        attempt,
+                        armed: true,
+                    };
+                    // A value stored between the look-up and the claim: no load needed.
+                    if let Some(e) = local::live(&self.local, key).await {
+                        guard.finish(Ok(e.clone()));
+                        return Ok(e.value);
+                    }
+                    let Some(l) = loader.take() else {
+                        // Unreachable: a caller leads at most once (it returns after its
+                        // load); kept as a typed error rather than a panic.
+                        drop(guard);
+                        return Err(Error::Timeout {
+                            operation: "cache load",
+                            after: self.load_timeout,
+                        });
+                    };
+                    self.metrics.loads.increment(1);
+                    let loaded = self.run_loader(key, l).await;
+                    return self.store_loaded(key, guard, loaded).await.map(|e| e.value);
+                }
+                Claim::Follow {
+                    slot,
+                    signal,
+                    lease_ends,
+                    ..
+                } => {
+                    self.metrics.coalesced.increment(1);
+                    match follow(&self.owned_loads, key, slot, &signal, lease_ends).await {
+                        Waited::Done(r) => return r.map(|e| e.value),
+                        Waited::Again => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a loader and checks its value.
+    async fn run_loader(
+        &self,
+        key: &str,
+        loader: Loader,
+    ) -> Result<(Bytes, Option<Duration>), Error> {
+        let loaded = loader
+            .load()
+            .await
+            .map_err(|source| Error::load(key, source))?;
+        self.check_value(&loaded.value)?;
+        Ok((loaded.value, loaded.ttl))
+    }
+
+    /// Owner: a peer's load request. Answers with the value, a lease (the peer loads; the
+    /// lease is the id the peer proposed, so it can abandon even an answer it never saw), the
+    /// shared failure of the attempt it waited for, or "claim again".
+    pub(crate) async fn load_for_peer(&self, key: &str, proposed: Option<AttemptId>) -> PeerLoad {
+        if let Some(e) = local::live(&self.local, key).await {
+            self.metrics.hit_local.increment(1);
+            return PeerLoad::Value(e);
+        }
+        let claim = {
+            let mut loads = lock(&self.owned_loads);
+            let now = Instant::now();
+            if proposed.is_some_and(|p| loads.is_buried(p, now)) {
+                // The peer abandoned this request before it arrived: it is gone.
+                return PeerLoad::Retry;
+            }
+            loads.claim(key, now, new_signal, proposed)
+        };
+        match claim {
+            // The peer leads; its fill or abandon ends the attempt, or its lease runs out.
+            Claim::Lead { attempt, .. } => PeerLoad::Lease(attempt),
+            Claim::Follow {
+                slot,
+                signal,
+                lease_ends,
+                ..
+            } => {
+                self.metrics.coalesced.increment(1);
+                match follow(&self.owned_loads, key, slot, &signal, lease_ends).await {
+                    Waited::Done(Ok(e)) => PeerLoad::Value(e),
+                    Waited::Done(Err(e)) => PeerLoad::Failed(e),
+                    Waited::Again => PeerLoad::Retry,
+                }
+            }
+        }
+    }
+
+    /// Owner: a peer that holds `lease` finished its load.
+    pub(crate) async fn fill(
+        &self,
+        key: &str,
+        lease: AttemptId,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) {
+        let guard = LeadGuard {
+            table: &self.owned_loads,
+            key,
+            attempt: lease,
+            armed: false,
+        };
+        let _ = self.store_loaded(key, guard, Ok((value, ttl))).await;
+    }
+
+    /// Owner: a peer that holds `lease` gave up (its loader failed or it was cancelled).
+    pub(crate) fn abandon(&self, key: &str, lease: AttemptId) {
+        let told = lock(&self.owned_loads).abandon(key, lease, Instant::now());
+        if let Some(s) = told {
+            s.send_replace(Phase::Abandoned);
+        }
+    }
+
+    // ---- non-owner side ---------------------------------------------------------------
+
+    /// Non-owner: one request per key from this node; followers share its result, and a
+    /// leader that goes away hands over at once.
+    async fn load_via_owner(
+        &self,
+        owner: &NodeId,
+        url: &str,
+        key: &str,
+        loader: Loader,
+    ) -> Result<Bytes, Error> {
+        let mut loader = Some(loader);
+        loop {
+            let claim = lock(&self.remote_loads).claim(key, Instant::now(), new_signal, None);
+            match claim {
+                Claim::Lead { attempt, .. } => {
+                    let guard = LeadGuard {
+                        table: &self.remote_loads,
+                        key,
+                        attempt,
+                        armed: true,
+                    };
+                    let Some(l) = loader.take() else {
+                        // Unreachable, as above.
+                        drop(guard);
+                        return Err(Error::Timeout {
+                            operation: "cache load",
+                            after: self.load_timeout,
+                        });
+                    };
+                    let r = self.remote_load(owner, url, key, l).await;
+                    // Followers get the same result: an entry carrying the value.
+                    guard.finish(r.clone().map(|v| Entry::new(v, None)));
+                    return r;
+                }
+                Claim::Follow {
+                    slot,
+                    signal,
+                    lease_ends,
+                    ..
+                } => {
+                    self.metrics.coalesced.increment(1);
+                    match follow(&self.remote_loads, key, slot, &signal, lease_ends).await {
+                        Waited::Done(r) => return r.map(|e| e.value),
+                        Waited::Again => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn remote_load(
+        &self,
+        owner: &NodeId,
+        url: &str,
+        key: &str,
+        loader: Loader,
+    ) -> Result<Bytes, Error> {
+        let started = Instant::now();
+        let deadline = started.checked_add(self.load_timeout);
+        let mut loader = Some(loader);
+        while deadline.is_none_or(|d| Instant::now() < d) {
+            let asked = Instant::now();
+            // Armed before the request: if this caller is dropped anywhere from here until it
+            // reports, the owner is told to drop the attempt it may have granted.
+            let mut remote = RemoteLease {
+                client: &self.client,
+                url,
+                key,
+                lease: rand::random::<u64>() | 1,
+                armed: true,
+            };
+            let answer = self
+                .client
+                .load(url, key, self.load_timeout, remote.lease)
+                .await;
+            if !matches!(answer, Ok(RemoteLoad::Lease(_))) {
+                remote.armed = false;
+            }
+            match answer {
+                Ok(RemoteLoad::Value(v, ttl, seq)) => {
+                    self.breaker.reset(owner);
+                    self.metrics
+                        .remote_latency
+                        .record(asked.elapsed().as_secs_f64());
+                    self.metrics.hit_remote.increment(1);
+                    self.keep_hot(owner, key, &v, ttl, seq).await;
+                    return Ok(v);
+                }
+                Ok(RemoteLoad::Lease(lease)) => {
+                    remote.lease = lease;
+                    let Some(l) = loader.take() else { break };
+                    self.metrics.loads.increment(1);
+                    let loaded = self.run_loader(key, l).await;
+                    remote.armed = false;
+                    return match loaded {
+                        Ok((value, ttl)) => {
+                            if let Err(e) = self
+                                .client
+                                .fill(url, key, lease, &value, ttl.or(self.default_ttl))
+                                .await
+                            {
+                                tracing::debug!(error = %e, "could not hand the loaded value to its owner");
+                            }
+                            Ok(value)
+                        }
+                        Err(e) => {
+                            let _ = self.client.abandon(url, key, lease).await;
+                            Err(e)
+                        }
+                    };
+                }
+                Ok(RemoteLoad::Failed(e)) => return Err(e),
+                Ok(RemoteLoad::Retry) => {}
+                Err(e) => {
+                    self.mark_suspect(owner, &e);
+                    break;
+                }
+            }
+        }
+        match loader {
+            Some(l) => self.load_here(key, l).await,
+            None => Err(Error::Timeout {
+                operation: "cache load",
+                after: self.load_timeout,
+            }),
+        }
+    }
+
+    /// The owner is unreachable: load here and do not cache (the owner is the only place a
+    /// value lives, so nothing here can go stale).
+    async fn load_here(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
+        self.metrics.loads.increment(1);
+        self.run_loader(key, loader).await.map(|(v, _)| v)
+    }
+
+    /// Keeps a hot copy when the value was read under no newer invalidation than the ones
+    /// applied here, checked and inserted in one step against invalidations of the key.
+    async fn keep_hot(
+        &self,
+        owner: &NodeId,
+        key: &str,
+        v: &Bytes,
+        ttl: Option<Duration>,
+        seq: u64,
+    ) {
+        let Some(hot) = &self.hot else { return };
+        let life = ttl.map_or(self.hot_ttl, |t| t.min(self.hot_ttl));
+        if life.is_zero() {
+            return;
+        }
+        let _order = self.versions.lock(key).await;
+        if seq < self.versions.applied(owner) {
+            return;
+        }
+        self.own_ttls.store(true, Ordering::Relaxed);
+        hot.insert(key.to_owned(), Entry::with_own_ttl(v.clone(), life))
+            .await;
+    }
+
+    async fn hot_get(&self, key: &str) -> Option<Bytes> {
+        let e = local::live(self.hot.as_ref()?, key).await?;
+        self.metrics.hit_hot.increment(1);
+        Some(e.value)
+    }
+
+    async fn drop_hot(&self, key: &str) {
+        if let Some(h) = &self.hot {
+            h.invalidate(key).await;
+        }
+    }
+
+    fn note_failure<T>(&self, owner: &NodeId, r: &Result<T, Error>) {
+        match r {
+            Err(e) if e.is_retryable() => self.mark_suspect(owner, e),
+            Ok(_) => self.breaker.reset(owner),
+            Err(_) => {}
+        }
+    }
+
+    // ---- the operations ---------------------------------------------------------------
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        // Hits complete without touching tokio: give a caller that reads in a tight loop a
+        // point to yield, so it cannot starve the node's other tasks.
+        tokio::task::coop::consume_budget().await;
+        self.check_key(key)?;
+        let Owner::Peer(owner, url) = self.members.load().owner(key) else {
+            return Ok(self.get_owned(key).await.map(|e| e.value));
+        };
+        if let Some(v) = self.hot_get(key).await {
+            return Ok(Some(v));
+        }
+        if let Some(until) = self.breaker.open_until(&owner) {
+            return Err(self.unreachable(&owner, until));
+        }
+        let started = Instant::now();
+        match self.client.get(&url, key).await {
+            Ok(Some((v, ttl, seq))) => {
+                self.breaker.reset(&owner);
+                self.metrics
+                    .remote_latency
+                    .record(started.elapsed().as_secs_f64());
+                self.metrics.hit_remote.increment(1);
+                self.keep_hot(&owner, key, &v, ttl, seq).await;
+                Ok(Some(v))
+            }
+            Ok(None) => {
+                self.metrics.miss_remote.increment(1);
+                Ok(None)
+            }
+            Err(e) => {
+                if e.is_retryable() {
+                    self.mark_suspect(&owner, &e);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), Error> {
+        self.check_key(key)?;
+        self.check_value(&value)?;
+        if let Some(t) = ttl {
+            check_ttl("ttl", t)?;
+        }
+        let Owner::Peer(owner, url) = self.members.load().owner(key) else {
+            return self.set_owned(key, value, ttl).await;
+        };
+        self.drop_hot(key).await;
+        let r = self
+            .client
+            .put(&url, key, &value, ttl.or(self.default_ttl))
+            .await;
+        self.note_failure(&owner, &r);
+        r
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, Error> {
+        self.check_key(key)?;
+        let Owner::Peer(owner, url) = self.members.load().owner(key) else {
+            return self.delete_owned(key).await;
+        };
+        self.drop_hot(key).await;
+        let r = self.client.delete(&url, key).await;
+        self.note_failure(&owner, &r);
+        r
+    }
+
+    async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
+        tokio::task::coop::consume_budget().await;
+        self.check_key(key)?;
+        let Owner::Peer(owner, url) = self.members.load().owner(key) else {
+            return self.load_as_owner(key, loader).await;
+        };
+        if let Some(v) = self.hot_get(key).await {
+            return Ok(v);
+        }
+        if self.breaker.open_until(&owner).is_some() {
+            return self.load_here(key, loader).await;
+        }
+        self.load_via_owner(&owner, &url, key, loader).await
+    }
+}
+
+#[async_trait]
+impl PeerService for Inner {
+    fn token(&self) -> Option<&ClusterToken> {
+        self.token.as_ref()
+    }
+    fn max_value(&self) -> usize {
+        self.max_value
+    }
+    fn max_key(&self) -> usize {
+        self.max_key
+    }
+    fn check_key(&self, key: &str) -> Result<(), Error> {
+        Inner::check_key(self, key)
+    }
+    fn seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
+    }
+    fn is_peer(&self, id: &NodeId) -> bool {
+        self.members.load().is_peer(id)
+    }
+    async fn get_owned(&self, key: &str) -> Option<Entry> {
+        Inner::get_owned(self, key).await
+    }
+    async fn set_owned(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), Error> {
+        Inner::set_owned(self, key, value, ttl).await
+    }
+    async fn delete_owned(&self, key: &str) -> Result<bool, Error> {
+        Inner::delete_owned(self, key).await
+    }
+    async fn load_for_peer(&self, key: &str, proposed: Option<u64>) -> PeerLoad {
+        Inner::load_for_peer(self, key, proposed).await
+    }
+    async fn fill(&self, key: &str, lease: u64, value: Bytes, ttl: Option<Duration>) {
+        Inner::fill(self, key, lease, value, ttl).await;
+    }
+    fn abandon(&self, key: &str, lease: u64) {
+        Inner::abandon(self, key, lease);
+    }
+    async fn invalidated(&self, from: &NodeId, seq: u64, keys: &[String]) {
+        Inner::invalidated(self, from, seq, keys).await;
+    }
+}
+
+/// A lease this node holds at a remote owner; if dropped armed (the caller was cancelled or
+/// its loader panicked), it tells the owner in the background so the next caller there
+/// takes over at once. Outside a runtime the owner's lease simply runs out.
+struct RemoteLease<'a> {
+    client: &'a PeerClient,
+    url: &'a str,
+    key: &'a str,
+    lease: AttemptId,
+    armed: bool,
+}
+
+impl Drop for RemoteLease<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let (client, url, key, lease) = (
+                self.client.clone(),
+                self.url.to_owned(),
+                self.key.to_owned(),
+                self.lease,
+            );
+            handle.spawn(async move {
+                let _ = client.abandon(&url, &key, lease).await;
+            });
+        }
+    }
+}
+
 impl DistributedCache {
+    pub(crate) fn from_parts(inner: Arc<Inner>, staleness_check: Duration) -> Self {
+        Self {
+            inner,
+            staleness_check,
+        }
+    }
+
     /// A single-node cache of at most `max_size` entries with an optional default TTL (the
     /// design document's constructor). Add peers with [`add_node`](Self::add_node) after
     /// setting a token through [`builder`](Self::builder), or use it as a local cache.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a zero size.
+    /// [`Error::InvalidInput`] for a zero size or a TTL out of range.
     pub fn new(max_size: u64, ttl: Option<Duration>) -> Result<Self, Error> {
         let mut b = Self::builder(NodeId::new("local")?).max_entries(max_size);
         if let Some(t) = ttl {
@@ -365,22 +913,7 @@ impl DistributedCache {
 
     /// Configures a cache node with id `id`.
     pub fn builder(id: NodeId) -> DistributedCacheBuilder {
-        DistributedCacheBuilder {
-            id,
-            peers: Vec::new(),
-            capacity: Capacity::Entries(10_000),
-            ttl: None,
-            tti: None,
-            max_key: DEFAULT_MAX_KEY,
-            max_value: DEFAULT_MAX_VALUE,
-            hot_copies: true,
-            hot_ttl: Duration::from_secs(10),
-            token: None,
-            request_timeout: Duration::from_millis(500),
-            load_timeout: Duration::from_secs(10),
-            suspect_for: Duration::from_secs(2),
-            staleness_check: Duration::from_secs(1),
-        }
+        DistributedCacheBuilder::new(id)
     }
 
     /// This node's id.
@@ -389,12 +922,13 @@ impl DistributedCache {
         &self.inner.id
     }
 
-    /// Adds a peer at run time; keys it now owns reach it lazily (on their next miss).
+    /// Adds a peer at run time; keys it now owns reach it lazily (on their next miss). The
+    /// ring and the addresses change together, in one snapshot.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a bad URL, a duplicate id, or a cache built without a
-    /// token.
+    /// [`Error::InvalidInput`] for a bad URL, a duplicate id, this node's own id, or a cache
+    /// built without a token.
     pub fn add_node(&self, id: NodeId, url: &str) -> Result<(), Error> {
         if self.inner.token.is_none() {
             return Err(Error::invalid_input(
@@ -403,18 +937,10 @@ impl DistributedCache {
             ));
         }
         let url = crate::peer::check_url(&id, url)?;
+        self.inner.breaker.reset(&id);
         self.inner
-            .ring
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .add_node(Node::new(id.clone(), url.clone()))
-            .map_err(|e| Error::invalid_input("peer", e.to_string()))?;
-        self.inner
-            .peers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, url);
-        Ok(())
+            .members
+            .update(|m| m.with_peer(id.clone(), url.clone()))
     }
 
     /// Removes a peer; its keys fall to the others lazily.
@@ -423,20 +949,11 @@ impl DistributedCache {
     ///
     /// [`Error::InvalidInput`] when it is not a peer.
     pub fn remove_node(&self, id: &str) -> Result<(), Error> {
-        if id == self.inner.id.as_str() {
-            return Err(Error::invalid_input("peer", "a node cannot remove itself"));
+        self.inner.members.update(|m| m.without_peer(id))?;
+        if let Ok(id) = NodeId::new(id) {
+            self.inner.versions.forget(&id);
+            self.inner.breaker.reset(&id);
         }
-        self.inner
-            .ring
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove_node(id)
-            .map_err(|e| Error::invalid_input("peer", e.to_string()))?;
-        self.inner
-            .peers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
         Ok(())
     }
 
@@ -444,10 +961,13 @@ impl DistributedCache {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a key over the limit.
+    /// [`Error::InvalidInput`] for an empty key, [`Error::TooLarge`] for one over the limit.
     pub fn owner_of(&self, key: &str) -> Result<NodeId, Error> {
         self.inner.check_key(key)?;
-        Ok(self.inner.owner(key))
+        Ok(match self.inner.members.load().owner(key) {
+            Owner::Me => self.inner.id.clone(),
+            Owner::Peer(id, _) => id,
+        })
     }
 
     /// Whether this node holds `key` in its local tier (as owner); hot copies excluded. An
@@ -466,12 +986,9 @@ impl DistributedCache {
     /// Each member's share of the key space in this node's view of the ring.
     #[must_use]
     pub fn ring_shares(&self) -> Vec<(NodeId, f64)> {
-        let ring = self
-            .inner
-            .ring
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut v: Vec<(NodeId, f64)> = ring
+        let members = self.inner.members.load();
+        let mut v: Vec<(NodeId, f64)> = members
+            .ring()
             .shares()
             .into_iter()
             .map(|(n, s)| (n.id().clone(), s))
@@ -480,10 +997,43 @@ impl DistributedCache {
         v
     }
 
-    /// Entries in the local tier (approximate, as moka counts).
+    /// Entries in the local tier (approximate, as moka counts; [`sync`](Self::sync) first
+    /// for an exact figure).
     #[must_use]
     pub fn local_len(&self) -> u64 {
         self.inner.local.entry_count()
+    }
+
+    /// Entries in both tiers (owned and hot copies), as moka counts.
+    #[must_use]
+    pub fn entry_count(&self) -> u64 {
+        self.inner.local.entry_count()
+            + self
+                .inner
+                .hot
+                .as_ref()
+                .map_or(0, moka::future::Cache::entry_count)
+    }
+
+    /// Keys whose load is in flight on this node (as owner or as a caller of a remote
+    /// owner). Bounded by the callers waiting: an abandoned load leaves nothing behind, and a
+    /// remote caller that vanished without a word holds its slot until its lease (the load
+    /// timeout) ends.
+    #[must_use]
+    pub fn loads_in_flight(&self) -> usize {
+        let now = Instant::now();
+        [&self.inner.owned_loads, &self.inner.remote_loads]
+            .into_iter()
+            .map(|t| {
+                let mut t = lock(t);
+                // A leader whose lease ended is gone (a remote caller that died, or whose
+                // abandon was lost): its slot does not count, and goes.
+                for s in t.expire(now) {
+                    s.send_replace(Phase::Abandoned);
+                }
+                t.len()
+            })
+            .sum::<usize>()
     }
 
     /// Runs pending moka maintenance (evictions, expirations) now; useful in tests.
@@ -515,570 +1065,21 @@ impl DistributedCache {
             reason: "cache maintenance needs a tokio runtime (start it inside one)".into(),
             source: Some(Arc::new(e)),
         })?;
-        let task = handle.spawn(maintenance(
+        Ok(Maintenance::spawn(
+            &handle,
             Arc::downgrade(&self.inner),
             self.staleness_check,
-        ));
-        Ok(Maintenance { task: Some(task) })
-    }
-}
-
-impl Inner {
-    pub(crate) fn check_key(&self, key: &str) -> Result<(), Error> {
-        if key.is_empty() {
-            return Err(Error::invalid_input("cache key", "it is empty"));
-        }
-        if key.len() > self.max_key {
-            return Err(Error::too_large("cache key", key.len(), self.max_key));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn check_value(&self, value: &[u8]) -> Result<(), Error> {
-        if value.len() > self.max_value {
-            return Err(Error::too_large("cache value", value.len(), self.max_value));
-        }
-        Ok(())
-    }
-
-    /// The owner of `key` when it is another node; `None` when it is this one (checked
-    /// without cloning or comparing ids on the hot path).
-    fn remote_owner(&self, key: &str) -> Option<NodeId> {
-        if self.alone.load(Ordering::Acquire) {
-            return None;
-        }
-        let ring = self.ring.read().unwrap_or_else(PoisonError::into_inner);
-        let node = ring.locate(key.as_bytes()).ok()?;
-        (node.id() != &self.id).then(|| node.id().clone())
-    }
-
-    fn owner(&self, key: &str) -> NodeId {
-        self.remote_owner(key).unwrap_or_else(|| self.id.clone())
-    }
-
-    fn peer_url(&self, id: &NodeId) -> Option<String> {
-        self.peers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .cloned()
-    }
-
-    pub(crate) fn is_peer(&self, id: &NodeId) -> bool {
-        self.peers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(id)
-    }
-
-    fn suspect(&self, id: &NodeId) -> bool {
-        lock(&self.suspects)
-            .get(id)
-            .is_some_and(|until| Instant::now() < *until)
-    }
-
-    fn mark_suspect(&self, id: &NodeId, why: &Error) {
-        self.metrics.peer_errors.increment(1);
-        tracing::warn!(peer = %id, error = %why, "cache peer failed; serving locally for a while");
-        // A suspicion too long for the clock lasts as long as the process.
-        let until = from_now(self.suspect_for).unwrap_or_else(|| Instant::now() + MAX_TTL);
-        lock(&self.suspects).insert(id.clone(), until);
-    }
-
-    /// The entry to store: an explicit TTL is the entry's own (checked on read, swept);
-    /// otherwise the tier's default TTL applies and only travels on the wire.
-    fn entry(&self, value: Bytes, ttl: Option<Duration>) -> Entry {
-        match ttl {
-            Some(t) if self.default_ttl != Some(t) => {
-                self.own_ttls.store(true, Ordering::Relaxed);
-                Entry::with_own_ttl(value, t)
-            }
-            _ => Entry::new(value, self.default_ttl),
-        }
-    }
-
-    /// Owner: the local value, without going anywhere.
-    pub(crate) async fn get_owned(&self, key: &str) -> Option<Entry> {
-        let e = local::live(&self.local, key).await;
-        if e.is_some() {
-            self.metrics.hit_local.increment(1);
-        } else {
-            self.metrics.miss_local.increment(1);
-        }
-        e
-    }
-
-    /// Owner: stores and tells peers to drop their hot copies.
-    pub(crate) async fn set_owned(&self, key: &str, value: Bytes, ttl: Option<Duration>) {
-        let entry = self.entry(value, ttl);
-        self.local.insert(key.to_owned(), entry).await;
-        self.announce(key).await;
-    }
-
-    /// Owner: deletes and tells peers.
-    pub(crate) async fn delete_owned(&self, key: &str) -> bool {
-        let removed = self.local.remove(key).await.is_some();
-        self.announce(key).await;
-        removed
-    }
-
-    /// Bumps this node's write sequence number and tells every peer to drop its hot copy,
-    /// waiting (at most one request timeout) so that reads after the write returns do not
-    /// see the old value anywhere. A peer that misses the message notices the gap in
-    /// sequence numbers.
-    async fn announce(&self, key: &str) {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let peers: Vec<(NodeId, String)> = self
-            .peers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(id, url)| (id.clone(), url.clone()))
-            .collect();
-        if peers.is_empty() {
-            return;
-        }
-        let keys = [key.to_owned()];
-        let sends = peers
-            .iter()
-            .map(|(_, url)| self.client.invalidate(url, &self.id, seq, &keys));
-        for r in futures_util::future::join_all(sends).await {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "invalidation not delivered; the staleness check will catch it");
-            }
-        }
-    }
-
-    /// A peer's invalidation: drop the keys' hot copies; a gap in its sequence numbers means
-    /// messages were lost, so every hot copy goes.
-    pub(crate) async fn invalidated(&self, from: &NodeId, seq: u64, keys: &[String]) {
-        let Some(hot) = &self.hot else {
-            return;
-        };
-        let gap = {
-            let mut seen = lock(&self.seen);
-            let last = seen.entry(from.clone()).or_insert(0);
-            let gap = seq > last.saturating_add(1);
-            *last = (*last).max(seq);
-            gap
-        };
-        if gap {
-            hot.invalidate_all();
-        } else {
-            for k in keys {
-                hot.invalidate(k).await;
-            }
-        }
-    }
-
-    /// Owner: join or start the load of `key`.
-    pub(crate) async fn claim(&self, key: &str) -> Claim {
-        if let Some(e) = local::live(&self.local, key).await {
-            self.metrics.hit_local.increment(1);
-            return Claim::Hit(e);
-        }
-        let now = Instant::now();
-        let mut flights = lock(&self.flights);
-        if let Some(f) = flights.get(key)
-            && f.expires > now
-        {
-            self.metrics.coalesced.increment(1);
-            return Claim::Wait(f.done.subscribe(), f.expires);
-        }
-        let lease = rand::random::<u64>() | 1;
-        let (tx, _) = watch::channel(None);
-        flights.insert(
-            key.to_owned(),
-            Flight {
-                lease,
-                expires: now.checked_add(self.load_timeout).unwrap_or(now + MAX_TTL),
-                done: tx,
-            },
-        );
-        Claim::Lease(lease)
-    }
-
-    /// Owner: the holder of `lease` finished (with a value or without).
-    pub(crate) async fn complete(
-        &self,
-        key: &str,
-        lease: u64,
-        value: Option<(Bytes, Option<Duration>)>,
-    ) {
-        let flight = {
-            let mut flights = lock(&self.flights);
-            match flights.get(key) {
-                Some(f) if f.lease == lease => flights.remove(key),
-                _ => None,
-            }
-        };
-        let stored = value.is_some();
-        let outcome = match value {
-            Some((v, ttl)) => {
-                let entry = self.entry(v, ttl);
-                self.local.insert(key.to_owned(), entry.clone()).await;
-                Outcome::Value(entry)
-            }
-            None => Outcome::Failed,
-        };
-        if let Some(f) = flight {
-            f.done.send_replace(Some(outcome));
-        }
-        if stored {
-            // An older value may live on as a hot copy elsewhere (evicted here, reloaded).
-            self.announce(key).await;
-        }
-    }
-
-    /// Owner side of `get_or_load`: loads at most once at a time per key, whoever asks.
-    async fn load_as_owner(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
-        let deadline = from_now(self.load_timeout);
-        let mut loader = Some(loader);
-        loop {
-            match self.claim(key).await {
-                Claim::Hit(e) => return Ok(e.value),
-                Claim::Lease(lease) => {
-                    let Some(l) = loader.take() else {
-                        self.complete(key, lease, None).await;
-                        return Err(Error::Timeout {
-                            operation: "cache load",
-                            after: self.load_timeout,
-                        });
-                    };
-                    self.metrics.loads.increment(1);
-                    match l.load().await {
-                        Ok(loaded) => {
-                            if let Err(e) = self.check_value(&loaded.value) {
-                                self.complete(key, lease, None).await;
-                                return Err(e);
-                            }
-                            let v = loaded.value.clone();
-                            self.complete(key, lease, Some((loaded.value, loaded.ttl)))
-                                .await;
-                            return Ok(v);
-                        }
-                        Err(source) => {
-                            self.complete(key, lease, None).await;
-                            return Err(Error::load(key, source));
-                        }
-                    }
-                }
-                Claim::Wait(mut rx, expires) => {
-                    let until = deadline.map_or(expires, |d| expires.min(d));
-                    let waited =
-                        tokio::time::timeout_at(until.into(), rx.wait_for(Option::is_some)).await;
-                    if let Ok(Ok(outcome)) = waited
-                        && let Some(Outcome::Value(e)) = outcome.clone()
-                    {
-                        return Ok(e.value);
-                    }
-                    // Failed or timed out: claim again (the lease may now be ours).
-                }
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Error::Timeout {
-                    operation: "cache load",
-                    after: self.load_timeout,
-                });
-            }
-        }
-    }
-
-    /// Non-owner side of `get_or_load`: one request per key from this node.
-    async fn load_via_owner(
-        self: &Arc<Self>,
-        owner: NodeId,
-        key: &str,
-        loader: Loader,
-    ) -> Result<Bytes, Error> {
-        let (tx, leader) = {
-            let mut pending = lock(&self.pending);
-            match pending.get(key) {
-                Some(rx) => (None, Some(rx.clone())),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    pending.insert(key.to_owned(), rx);
-                    (Some(tx), None)
-                }
-            }
-        };
-        if let Some(mut rx) = leader {
-            self.metrics.coalesced.increment(1);
-            let r = rx
-                .wait_for(Option::is_some)
-                .await
-                .map_err(|_| Error::Unavailable {
-                    endpoint: self.id.to_string(),
-                    reason: "the coalesced load was dropped".into(),
-                    source: None,
-                })?
-                .clone();
-            return match r {
-                Some(result) => result,
-                None => unreachable!("waited for Some"),
-            };
-        }
-        let tx = tx.unwrap_or_else(|| unreachable!("one of leader or follower"));
-        // Remove the pending entry however this ends (including cancellation).
-        struct Clear<'a>(&'a Inner, &'a str);
-        impl Drop for Clear<'_> {
-            fn drop(&mut self) {
-                lock(&self.0.pending).remove(self.1);
-            }
-        }
-        let _clear = Clear(self, key);
-        let r = self.remote_load(&owner, key, loader).await;
-        tx.send_replace(Some(r.clone()));
-        r
-    }
-
-    async fn remote_load(&self, owner: &NodeId, key: &str, loader: Loader) -> Result<Bytes, Error> {
-        let Some(url) = self.peer_url(owner) else {
-            return self.run_loader_here(key, loader).await;
-        };
-        let deadline = from_now(self.load_timeout);
-        let mut loader = Some(loader);
-        while deadline.is_none_or(|d| Instant::now() < d) {
-            let started = Instant::now();
-            match self.client.load(&url, key, self.load_timeout).await {
-                Ok(RemoteLoad::Value(v, ttl, seq)) => {
-                    self.metrics
-                        .remote_latency
-                        .record(started.elapsed().as_secs_f64());
-                    self.metrics.hit_remote.increment(1);
-                    self.keep_hot(owner, key, &v, ttl, seq).await;
-                    return Ok(v);
-                }
-                Ok(RemoteLoad::Lease(lease)) => {
-                    let Some(l) = loader.take() else { break };
-                    self.metrics.loads.increment(1);
-                    return match l.load().await {
-                        Ok(loaded) => {
-                            self.check_value(&loaded.value)?;
-                            if let Err(e) = self
-                                .client
-                                .fill(
-                                    &url,
-                                    key,
-                                    lease,
-                                    &loaded.value,
-                                    loaded.ttl.or(self.default_ttl),
-                                )
-                                .await
-                            {
-                                tracing::debug!(error = %e, "could not hand the loaded value to its owner");
-                            }
-                            Ok(loaded.value)
-                        }
-                        Err(source) => {
-                            let _ = self.client.abandon(&url, key, lease).await;
-                            Err(Error::load(key, source))
-                        }
-                    };
-                }
-                Ok(RemoteLoad::Retry) => continue,
-                Err(e) => {
-                    self.mark_suspect(owner, &e);
-                    break;
-                }
-            }
-        }
-        match loader {
-            Some(l) => self.run_loader_here(key, l).await,
-            None => Err(Error::Timeout {
-                operation: "cache load",
-                after: self.load_timeout,
-            }),
-        }
-    }
-
-    /// The owner is unreachable or unknown: load here and do not cache (the owner is the only
-    /// place a value lives, so nothing here can go stale).
-    async fn run_loader_here(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
-        self.metrics.loads.increment(1);
-        let loaded = loader
-            .load()
-            .await
-            .map_err(|source| Error::load(key, source))?;
-        self.check_value(&loaded.value)?;
-        Ok(loaded.value)
-    }
-
-    /// Keeps a hot copy when the value was read under no newer invalidation than the ones
-    /// applied here.
-    async fn keep_hot(
-        &self,
-        owner: &NodeId,
-        key: &str,
-        v: &Bytes,
-        ttl: Option<Duration>,
-        seq: u64,
-    ) {
-        let Some(hot) = &self.hot else { return };
-        let applied = lock(&self.seen).get(owner).copied().unwrap_or(0);
-        if seq < applied {
-            return;
-        }
-        let life = ttl.map_or(self.hot_ttl, |t| t.min(self.hot_ttl));
-        if life.is_zero() {
-            return;
-        }
-        self.own_ttls.store(true, Ordering::Relaxed);
-        hot.insert(key.to_owned(), Entry::with_own_ttl(v.clone(), life))
-            .await;
-    }
-
-    async fn hot_get(&self, key: &str) -> Option<Bytes> {
-        let e = local::live(self.hot.as_ref()?, key).await?;
-        self.metrics.hit_hot.increment(1);
-        Some(e.value)
-    }
-
-    /// Before a write through the owner: drop our own hot copy and find the owner's address.
-    async fn write_target(&self, owner: &NodeId, key: &str) -> Result<String, Error> {
-        if let Some(h) = &self.hot {
-            h.invalidate(key).await;
-        }
-        self.peer_url(owner).ok_or_else(|| Error::Unavailable {
-            endpoint: owner.to_string(),
-            reason: "no address for the owner".into(),
-            source: None,
-        })
-    }
-
-    fn note_write_failure<T>(&self, owner: &NodeId, r: &Result<T, Error>) {
-        if let Err(e) = r
-            && e.is_retryable()
-        {
-            self.mark_suspect(owner, e);
-        }
-    }
-
-    async fn get(self: &Arc<Self>, key: &str) -> Result<Option<Bytes>, Error> {
-        self.check_key(key)?;
-        let Some(owner) = self.remote_owner(key) else {
-            return Ok(self.get_owned(key).await.map(|e| e.value));
-        };
-        if let Some(v) = self.hot_get(key).await {
-            return Ok(Some(v));
-        }
-        if self.suspect(&owner) {
-            self.metrics.miss_remote.increment(1);
-            return Ok(None);
-        }
-        let Some(url) = self.peer_url(&owner) else {
-            return Ok(None);
-        };
-        let started = Instant::now();
-        match self.client.get(&url, key).await {
-            Ok(Some((v, ttl, seq))) => {
-                self.metrics
-                    .remote_latency
-                    .record(started.elapsed().as_secs_f64());
-                self.metrics.hit_remote.increment(1);
-                self.keep_hot(&owner, key, &v, ttl, seq).await;
-                Ok(Some(v))
-            }
-            Ok(None) => {
-                self.metrics.miss_remote.increment(1);
-                Ok(None)
-            }
-            Err(e) => {
-                self.mark_suspect(&owner, &e);
-                Ok(None)
-            }
-        }
-    }
-
-    async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), Error> {
-        self.check_key(key)?;
-        self.check_value(&value)?;
-        if let Some(t) = ttl {
-            check_ttl("ttl", t)?;
-        }
-        let Some(owner) = self.remote_owner(key) else {
-            self.set_owned(key, value, ttl).await;
-            return Ok(());
-        };
-        let url = self.write_target(&owner, key).await?;
-        let r = self
-            .client
-            .put(&url, key, &value, ttl.or(self.default_ttl))
-            .await;
-        self.note_write_failure(&owner, &r);
-        r
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool, Error> {
-        self.check_key(key)?;
-        let Some(owner) = self.remote_owner(key) else {
-            return Ok(self.delete_owned(key).await);
-        };
-        let url = self.write_target(&owner, key).await?;
-        let r = self.client.delete(&url, key).await;
-        self.note_write_failure(&owner, &r);
-        r
-    }
-
-    async fn get_or_load(self: &Arc<Self>, key: &str, loader: Loader) -> Result<Bytes, Error> {
-        self.check_key(key)?;
-        let Some(owner) = self.remote_owner(key) else {
-            return self.load_as_owner(key, loader).await;
-        };
-        if let Some(v) = self.hot_get(key).await {
-            return Ok(v);
-        }
-        if self.suspect(&owner) {
-            return self.run_loader_here(key, loader).await;
-        }
-        self.load_via_owner(owner, key, loader).await
-    }
-}
-
-/// Every `every`: sweeps entries whose own TTL ran out, and compares each peer's write
-/// sequence number with the invalidations applied here; when one seen in the previous round
-/// still has not arrived, messages were lost and every hot copy is dropped.
-async fn maintenance(inner: Weak<Inner>, every: Duration) {
-    let mut expected: HashMap<NodeId, u64> = HashMap::new();
-    loop {
-        tokio::time::sleep(every).await;
-        let Some(inner) = inner.upgrade() else { return };
-        local::sweep(&inner.local).await;
-        let Some(hot) = inner.hot.clone() else {
-            continue;
-        };
-        local::sweep(&hot).await;
-        let peers: Vec<(NodeId, String)> = inner
-            .peers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(i, u)| (i.clone(), u.clone()))
-            .collect();
-        for (id, url) in peers {
-            let applied = lock(&inner.seen).get(&id).copied().unwrap_or(0);
-            if expected.get(&id).is_some_and(|e| *e > applied) {
-                tracing::debug!(peer = %id, "invalidations were lost; dropping hot copies");
-                hot.invalidate_all();
-                let mut seen = lock(&inner.seen);
-                let s = seen.entry(id.clone()).or_insert(0);
-                *s = (*s).max(expected[&id]);
-            }
-            if let Ok(seq) = inner.client.seq(&url).await {
-                expected.insert(id, seq);
-            }
-        }
+        ))
     }
 }
 
 impl fmt::Debug for DistributedCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let members = self.inner.members.load();
         f.debug_struct("DistributedCache")
             .field("id", &self.inner.id)
-            .field(
-                "peers",
-                &self.inner.peers.read().map(|p| p.len()).unwrap_or(0),
-            )
+            .field("peers", &members.peer_count())
+            .field("epoch", &members.epoch)
             .field("entries", &self.inner.local.entry_count())
             .finish()
     }
@@ -1104,11 +1105,14 @@ impl Cache for DistributedCache {
 }
 
 impl DistributedCache {
-    /// The value under `key` (the design document's `get`; also [`Cache::get`]).
+    /// The value under `key` (the design document's `get`; also [`Cache::get`]). A miss is
+    /// `Ok(None)`.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for a key over the limit. An unreachable owner is a miss.
+    /// [`Error::InvalidInput`] or [`Error::TooLarge`] for a bad key; [`Error::Unavailable`]
+    /// or [`Error::Timeout`] (both retryable) when the key's owner cannot be reached: an
+    /// outage is never reported as a miss.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
         self.inner.get(key).await
     }
@@ -1117,8 +1121,9 @@ impl DistributedCache {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for sizes over the limits; [`Error::Unavailable`] or
-    /// [`Error::Timeout`] when the owner cannot be reached (a write is never dropped silently).
+    /// [`Error::TooLarge`] for sizes over the limits; [`Error::Unavailable`] or
+    /// [`Error::Timeout`] when the owner cannot be reached (a write is never dropped
+    /// silently); the owner's refusal with its reason.
     pub async fn set(&self, key: &str, value: impl Into<Bytes>) -> Result<(), Error> {
         self.inner.set(key, value.into(), None).await
     }
@@ -1127,7 +1132,8 @@ impl DistributedCache {
     ///
     /// # Errors
     ///
-    /// As for [`set`](Self::set).
+    /// As for [`set`](Self::set), plus [`Error::InvalidInput`] for a zero TTL or one over
+    /// [`MAX_TTL`](crate::MAX_TTL).
     pub async fn set_with_ttl(
         &self,
         key: &str,
@@ -1146,13 +1152,16 @@ impl DistributedCache {
         self.inner.delete(key).await
     }
 
-    /// The value under `key`, loading it once per cluster when missing.
+    /// The value under `key`, loading it once per cluster when missing. Concurrent callers
+    /// share one load; when the caller that loads is cancelled (or its loader panics) the
+    /// next one takes over at once; a failed load is shared with the callers that waited for
+    /// it, not retried by each.
     ///
     /// # Errors
     ///
-    /// [`Error::Load`] when the loader failed (nothing is cached), [`Error::InvalidInput`]
-    /// for sizes over the limits, [`Error::Timeout`] when another node's load of the key did
-    /// not finish within the load timeout.
+    /// [`Error::Load`] when the loader failed (nothing is cached), [`Error::TooLarge`] for a
+    /// value over the limit, [`Error::Timeout`] when a write or delete superseded this
+    /// caller's own load.
     pub async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
         self.inner.get_or_load(key, loader).await
     }

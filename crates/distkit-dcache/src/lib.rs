@@ -103,15 +103,22 @@
 )]
 #![forbid(unsafe_code)]
 
+mod breaker;
+mod builder;
 mod cache;
+mod loads;
 mod local;
+mod maintenance;
+mod membership;
 mod metrics;
 pub mod peer;
+mod versions;
 
 #[doc(inline)]
-pub use cache::{
-    DEFAULT_MAX_KEY, DEFAULT_MAX_VALUE, DistributedCache, DistributedCacheBuilder, MAX_TTL,
-    Maintenance,
-};
+pub use builder::{DEFAULT_MAX_KEY, DEFAULT_MAX_VALUE, DistributedCacheBuilder, MAX_TTL};
+#[doc(inline)]
+pub use cache::DistributedCache;
 #[doc(inline)]
 pub use local::Capacity;
+#[doc(inline)]
+pub use maintenance::Maintenance;

@@ -14,7 +14,7 @@
 //! | `GET /v1/peer/cache/{hex key}` | 200 value, 404 miss |
 //! | `PUT /v1/peer/cache/{hex key}[?lease=N]` | 204; with a lease, completes that load |
 //! | `DELETE /v1/peer/cache/{hex key}` | 200 `{"deleted": bool}` |
-//! | `POST /v1/peer/cache/{hex key}/load` | 200 value, 202 `{"lease": N}` (you load it), 409 retry |
+//! | `POST /v1/peer/cache/{hex key}/load?lease=N` | 200 value, 202 `{"lease": N}` (you load it, under the lease you proposed), 409 claim again, an error with kind `load_failed` (the load you waited for failed) |
 //! | `POST /v1/peer/cache/{hex key}/abandon?lease=N` | 204: the loader failed |
 //! | `POST /v1/peer/invalidate` | 204; body `{"from", "seq", "keys"}` |
 //! | `GET /v1/peer/seq` | 200 `{"seq": N}` |
@@ -26,6 +26,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -35,7 +36,6 @@ use axum::routing::{get, post};
 use distkit_core::{ClusterToken, Error, ErrorBody, NodeId};
 use serde::Deserialize;
 
-use crate::cache::{Claim, Inner};
 use crate::local::Entry;
 
 const TTL_HEADER: &str = "x-distkit-ttl-ms";
@@ -57,6 +57,8 @@ pub(crate) fn check_url(id: &NodeId, url: &str) -> Result<String, Error> {
 pub(crate) enum RemoteLoad {
     Value(Bytes, Option<Duration>, u64),
     Lease(u64),
+    /// The attempt this node waited for at the owner failed; the owner's error.
+    Failed(Error),
     Retry,
 }
 
@@ -148,10 +150,15 @@ impl PeerClient {
             .await
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        let reason = body.as_ref().map_or_else(
-            || format!("answered {status}"),
-            |b| format!("answered {status}: {}", b.error),
-        );
+        Self::refusal(status, body.as_ref().map_or("", |b| &b.error), what)
+    }
+
+    fn refusal(status: StatusCode, message: &str, what: &str) -> Error {
+        let reason = if message.is_empty() {
+            format!("answered {status}")
+        } else {
+            format!("answered {status}: {message}")
+        };
         match status {
             StatusCode::BAD_REQUEST => Error::invalid_input("cache request", reason),
             StatusCode::PAYLOAD_TOO_LARGE => Error::invalid_input("cache request size", reason),
@@ -248,16 +255,20 @@ impl PeerClient {
         Ok(v["deleted"].as_bool().unwrap_or(false))
     }
 
+    /// Asks the owner to load `key`, proposing `lease` as the attempt's id should this node
+    /// be the one to load it.
     pub(crate) async fn load(
         &self,
         base: &str,
         key: &str,
         wait: Duration,
+        lease: u64,
     ) -> Result<RemoteLoad, Error> {
         let limit = wait.saturating_add(Duration::from_secs(1));
-        let req = self
-            .request(reqwest::Method::POST, Self::url(base, key, Some("load"))?)
-            .timeout(limit);
+        let mut url = Self::url(base, key, Some("load"))?;
+        url.query_pairs_mut()
+            .append_pair("lease", &lease.to_string());
+        let req = self.request(reqwest::Method::POST, url).timeout(limit);
         let resp = self.send_within(req, base, limit).await?;
         match resp.status() {
             StatusCode::OK => {
@@ -274,7 +285,17 @@ impl PeerClient {
                     .ok_or_else(|| Error::protocol(base.to_owned(), "no lease in a 202 answer"))
             }
             StatusCode::CONFLICT => Ok(RemoteLoad::Retry),
-            _ => Err(Self::refused(resp, base).await),
+            status => {
+                let body = Self::body(resp, base).await?;
+                match serde_json::from_slice::<ErrorBody>(&body) {
+                    Ok(b) if b.kind == "load_failed" => Ok(RemoteLoad::Failed(Error::load(
+                        key,
+                        format!("at the owner {base}: {}", b.error),
+                    ))),
+                    Ok(b) => Err(Self::refusal(status, &b.error, base)),
+                    Err(_) => Err(Self::refusal(status, "", base)),
+                }
+            }
         }
     }
 
@@ -346,7 +367,54 @@ fn seq_of(h: &HeaderMap) -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn router(inner: Arc<Inner>) -> Router {
+/// What a node offers its peers: the narrow interface the router is written against (the
+/// cache implements it; this module knows nothing of the cache's fields).
+#[async_trait]
+pub(crate) trait PeerService: Send + Sync + 'static {
+    /// The cluster token peers must present; `None` refuses every request.
+    fn token(&self) -> Option<&ClusterToken>;
+    /// The value limit in bytes.
+    fn max_value(&self) -> usize;
+    /// The key limit in bytes.
+    fn max_key(&self) -> usize;
+    /// Checks a decoded key.
+    fn check_key(&self, key: &str) -> Result<(), Error>;
+    /// This node's write sequence number now (read before the value a response carries).
+    fn seq(&self) -> u64;
+    /// Whether `id` is a member.
+    fn is_peer(&self, id: &NodeId) -> bool;
+    /// The value this node holds as owner.
+    async fn get_owned(&self, key: &str) -> Option<Entry>;
+    /// Stores as owner and invalidates the peers' copies before returning; `Err` when a
+    /// peer did not confirm.
+    async fn set_owned(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), Error>;
+    /// Deletes as owner, likewise.
+    async fn delete_owned(&self, key: &str) -> Result<bool, Error>;
+    /// A peer's load request, with the attempt id the peer proposes should it lead.
+    async fn load_for_peer(&self, key: &str, proposed: Option<u64>) -> PeerLoad;
+    /// The peer holding `lease` loaded the value.
+    async fn fill(&self, key: &str, lease: u64, value: Bytes, ttl: Option<Duration>);
+    /// The peer holding `lease` gave up.
+    fn abandon(&self, key: &str, lease: u64);
+    /// A peer's invalidation.
+    async fn invalidated(&self, from: &NodeId, seq: u64, keys: &[String]);
+}
+
+/// The owner's answer to a peer's load request.
+pub(crate) enum PeerLoad {
+    /// The value (cached, or loaded by another caller meanwhile).
+    Value(Entry),
+    /// The peer loads it, holding this lease.
+    Lease(u64),
+    /// The attempt the peer waited for failed: the peer reports that, it does not retry.
+    Failed(Error),
+    /// The attempt was abandoned or its lease ran out: claim again.
+    Retry,
+}
+
+type Service = Arc<dyn PeerService>;
+
+pub(crate) fn router(service: Service) -> Router {
     Router::new()
         .route(
             "/v1/peer/cache/{key}",
@@ -356,7 +424,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> Router {
         .route("/v1/peer/cache/{key}/abandon", post(abandon_key))
         .route("/v1/peer/invalidate", post(invalidate))
         .route("/v1/peer/seq", get(seq))
-        .with_state(inner)
+        .with_state(service)
 }
 
 /// A refusal that is not an [`Error`]: the same JSON body every distkit router sends.
@@ -364,26 +432,29 @@ fn error(kind: &str, message: &str) -> Response {
     ErrorBody::new(kind, message).into_response()
 }
 
-/// Checks the token and decodes the key (the path extractor percent-decodes; bytes that are
-/// not UTF-8 are refused there with 400). The error is the finished response.
+/// Checks the token and decodes the key (hex of its bytes; anything else is refused with
+/// 400). The error is the finished response.
 #[allow(clippy::result_large_err)] // a refusal is returned once per request, not stored
 fn admit(
-    inner: &Inner,
+    service: &Service,
     headers: &HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<String, Response> {
-    if !authorized(headers, inner.token.as_ref()) {
+    if !authorized(headers, service.token()) {
         return Err(error("unauthorized", "missing or wrong cluster token"));
     }
     let Path(hex) = key.map_err(|e| error("invalid_input", &format!("bad key: {e}")))?;
     // Checked against the limit before decoding, so a huge path costs nothing.
-    if hex.len() > inner.max_key.saturating_mul(2) {
-        return Err(Error::too_large("cache key", hex.len() / 2, inner.max_key).into_response());
+    let limit = service.max_key();
+    if hex.len() > limit.saturating_mul(2) {
+        return Err(Error::too_large("cache key", hex.len() / 2, limit).into_response());
     }
     let key = hex_decode(&hex)
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| error("invalid_input", "the key must be the hex of UTF-8 bytes"))?;
-    inner.check_key(&key).map_err(IntoResponse::into_response)?;
+    service
+        .check_key(&key)
+        .map_err(IntoResponse::into_response)?;
     Ok(key)
 }
 
@@ -398,8 +469,9 @@ fn authorized(headers: &HeaderMap, token: Option<&ClusterToken>) -> bool {
 /// checks can use `?`.
 type Reply = Result<Response, Response>;
 
-/// A value with its remaining TTL and this node's write sequence number.
-fn value_response(inner: &Inner, entry: Entry) -> Response {
+/// A value with its remaining TTL and the owner's write sequence number as it was *before*
+/// the value was read (so a reader's hot copy is never newer than its number says).
+fn value_response(entry: Entry, seq: u64) -> Response {
     let ttl = entry.remaining();
     let mut resp = (StatusCode::OK, entry.value).into_response();
     let h = resp.headers_mut();
@@ -412,25 +484,21 @@ fn value_response(inner: &Inner, entry: Entry) -> Response {
     {
         h.insert(TTL_HEADER, v);
     }
-    if let Ok(v) = HeaderValue::from_str(
-        &inner
-            .seq
-            .load(std::sync::atomic::Ordering::SeqCst)
-            .to_string(),
-    ) {
+    if let Ok(v) = HeaderValue::from_str(&seq.to_string()) {
         h.insert(SEQ_HEADER, v);
     }
     resp
 }
 
 async fn get_key(
-    State(inner): State<Arc<Inner>>,
+    State(service): State<Service>,
     headers: HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Reply {
-    let key = admit(&inner, &headers, key)?;
-    match inner.get_owned(&key).await {
-        Some(e) => Ok(value_response(&inner, e)),
+    let key = admit(&service, &headers, key)?;
+    let seq = service.seq();
+    match service.get_owned(&key).await {
+        Some(e) => Ok(value_response(e, seq)),
         None => Err(error("not_found", "not cached")),
     }
 }
@@ -440,25 +508,20 @@ struct LeaseQuery {
     lease: Option<u64>,
 }
 
-async fn read_value(inner: &Inner, body: Body) -> Result<Bytes, Response> {
-    axum::body::to_bytes(body, inner.max_value)
+async fn read_value(limit: usize, body: Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| {
-            error(
-                "too_large",
-                &format!("values are at most {} bytes", inner.max_value),
-            )
-        })
+        .map_err(|_| error("too_large", &format!("values are at most {limit} bytes")))
 }
 
 async fn put_key(
-    State(inner): State<Arc<Inner>>,
+    State(service): State<Service>,
     headers: HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
 ) -> Reply {
-    let key = admit(&inner, &headers, key)?;
+    let key = admit(&service, &headers, key)?;
     let Ok(Query(q)) = query else {
         return Err(error("invalid_input", "bad lease"));
     };
@@ -480,63 +543,86 @@ async fn put_key(
             ));
         }
     };
-    let value = read_value(&inner, body).await?;
+    let value = read_value(service.max_value(), body).await?;
     match q.lease {
-        Some(lease) => inner.complete(&key, lease, Some((value, ttl))).await,
-        None => inner.set_owned(&key, value, ttl).await,
+        Some(lease) => service.fill(&key, lease, value, ttl).await,
+        None => service
+            .set_owned(&key, value, ttl)
+            .await
+            .map_err(IntoResponse::into_response)?,
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn delete_key(
-    State(inner): State<Arc<Inner>>,
+    State(service): State<Service>,
     headers: HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Reply {
-    let key = admit(&inner, &headers, key)?;
-    let deleted = inner.delete_owned(&key).await;
+    let key = admit(&service, &headers, key)?;
+    let deleted = service
+        .delete_owned(&key)
+        .await
+        .map_err(IntoResponse::into_response)?;
     Ok(axum::Json(serde_json::json!({ "deleted": deleted })).into_response())
 }
 
 async fn load_key(
-    State(inner): State<Arc<Inner>>,
-    headers: HeaderMap,
-    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
-) -> Reply {
-    let key = admit(&inner, &headers, key)?;
-    match inner.claim(&key).await {
-        Claim::Hit(e) => Ok(value_response(&inner, e)),
-        Claim::Lease(lease) => Ok((
-            StatusCode::ACCEPTED,
-            axum::Json(serde_json::json!({ "lease": lease })),
-        )
-            .into_response()),
-        Claim::Wait(mut rx, expires) => {
-            let waited =
-                tokio::time::timeout_at(expires.into(), rx.wait_for(Option::is_some)).await;
-            match waited.ok().and_then(Result::ok).and_then(|o| o.clone()) {
-                Some(crate::cache::Outcome::Value(e)) => Ok(value_response(&inner, e)),
-                _ => Err((
-                    StatusCode::CONFLICT,
-                    ErrorBody::new("conflict", "the load failed or timed out; claim again")
-                        .to_json(),
-                )
-                    .into_response()),
-            }
-        }
-    }
-}
-
-async fn abandon_key(
-    State(inner): State<Arc<Inner>>,
+    State(service): State<Service>,
     headers: HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Reply {
-    let key = admit(&inner, &headers, key)?;
+    let key = admit(&service, &headers, key)?;
+    let Ok(Query(q)) = query else {
+        return Err(error("invalid_input", "bad lease"));
+    };
+    let seq = service.seq();
+    // If the peer goes away while this waits, the handler's future is dropped and the wait
+    // leaves its slot: nothing is left behind.
+    match service
+        .load_for_peer(&key, q.lease.filter(|l| *l != 0))
+        .await
+    {
+        PeerLoad::Value(e) => Ok(value_response(e, seq)),
+        PeerLoad::Lease(lease) => Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "lease": lease })),
+        )
+            .into_response()),
+        PeerLoad::Failed(e) => Err((
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY),
+            [(header::CONTENT_TYPE, "application/json")],
+            ErrorBody {
+                kind: "load_failed".into(),
+                ..ErrorBody::from(&e)
+            }
+            .to_json(),
+        )
+            .into_response()),
+        PeerLoad::Retry => Err((
+            StatusCode::CONFLICT,
+            [(header::CONTENT_TYPE, "application/json")],
+            ErrorBody::new(
+                "conflict",
+                "the load was abandoned or timed out; claim again",
+            )
+            .to_json(),
+        )
+            .into_response()),
+    }
+}
+
+async fn abandon_key(
+    State(service): State<Service>,
+    headers: HeaderMap,
+    key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    let key = admit(&service, &headers, key)?;
     match query {
         Ok(Query(LeaseQuery { lease: Some(lease) })) => {
-            inner.complete(&key, lease, None).await;
+            service.abandon(&key, lease);
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         _ => Err(error("invalid_input", "abandon needs ?lease=N")),
@@ -550,8 +636,8 @@ struct Invalidation {
     keys: Vec<String>,
 }
 
-async fn invalidate(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Body) -> Response {
-    if !authorized(&headers, inner.token.as_ref()) {
+async fn invalidate(State(service): State<Service>, headers: HeaderMap, body: Body) -> Response {
+    if !authorized(&headers, service.token()) {
         return error("unauthorized", "missing or wrong cluster token");
     }
     let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
@@ -563,19 +649,18 @@ async fn invalidate(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: B
             return error("invalid_input", &format!("malformed invalidation: {e}"));
         }
     };
-    if !inner.is_peer(&msg.from) {
+    if !service.is_peer(&msg.from) {
         return error("invalid_input", &format!("{} is not a peer", msg.from));
     }
-    inner.invalidated(&msg.from, msg.seq, &msg.keys).await;
+    service.invalidated(&msg.from, msg.seq, &msg.keys).await;
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn seq(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response {
-    if !authorized(&headers, inner.token.as_ref()) {
+async fn seq(State(service): State<Service>, headers: HeaderMap) -> Response {
+    if !authorized(&headers, service.token()) {
         return error("unauthorized", "missing or wrong cluster token");
     }
-    let seq = inner.seq.load(std::sync::atomic::Ordering::SeqCst);
-    axum::Json(serde_json::json!({ "seq": seq })).into_response()
+    axum::Json(serde_json::json!({ "seq": service.seq() })).into_response()
 }
 
 /// Lowercase hex of `bytes`: how a key travels in a peer URL.

@@ -30,9 +30,9 @@ pub const DEFAULT_LEASE: Duration = Duration::from_millis(600);
 ///
 /// [`LeaseElection::start`] spawns one campaign task, shared by every clone.
 /// [`shutdown`](Self::shutdown) steps down, releases the lease and returns once the task has
-/// ended. Dropping the last handle without it aborts the task; the lease guard it held is
-/// then released in the background when a runtime is there, and otherwise runs out with its
-/// TTL.
+/// ended. Dropping the last handle without it closes the task's command channel: the task
+/// steps down, releases the lease and ends on its own (within about a lease); if the runtime
+/// itself is gone, the lease runs out with its TTL.
 #[derive(Clone, Debug)]
 pub struct LeaseElection {
     id: NodeId,
@@ -51,17 +51,12 @@ enum Command {
     Shutdown,
 }
 
-/// Aborts the campaign when the last handle goes without a shutdown.
+/// Tells the handles when the campaign has ended. (The campaign needs no abort: when the
+/// last handle goes, its command channel closes and it steps down and releases by itself,
+/// which an abort would cut short.)
 #[derive(Debug)]
 struct Campaigning {
-    task: tokio::task::AbortHandle,
     ended: watch::Receiver<bool>,
-}
-
-impl Drop for Campaigning {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Marks the campaign ended however it ends: returned, aborted or panicked.
@@ -114,7 +109,7 @@ impl LeaseElection {
             commands: cmd_rx,
         };
         let ended = EndedOnDrop(ended_tx);
-        let task = runtime.spawn(async move {
+        runtime.spawn(async move {
             let _ended = ended;
             campaign.run().await;
         });
@@ -122,10 +117,7 @@ impl LeaseElection {
             id,
             leadership: rx,
             commands: cmd_tx,
-            task: Arc::new(Campaigning {
-                task: task.abort_handle(),
-                ended: ended_rx,
-            }),
+            task: Arc::new(Campaigning { ended: ended_rx }),
         })
     }
 

@@ -208,3 +208,32 @@ async fn a_resign_while_following_is_not_kept_for_later() {
     assert!(a.has_ended() && b.has_ended());
     assert!(tasks::alive() <= base_before_shutdown);
 }
+
+/// Dropping every handle of a lease election ends its campaign: the lease is released (the
+/// other member takes over well before the lease could run out) and no task is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_lease_election_releases_and_ends() {
+    let redis = RedisServer::start().unwrap();
+    let lease = Duration::from_secs(5);
+    let base = tasks::alive();
+    let a = LeaseElection::start(&redis.url(), "drop", NodeId::new("a").unwrap(), lease).unwrap();
+    let mut rx = a.subscribe();
+    tokio::time::timeout(Duration::from_secs(3), rx.wait_for(|l| l.is_leader()))
+        .await
+        .expect("a leads")
+        .unwrap();
+    let b = LeaseElection::start(&redis.url(), "drop", NodeId::new("b").unwrap(), lease).unwrap();
+    drop(rx);
+    drop(a);
+    let mut rx = b.subscribe();
+    tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|l| l.is_leader()))
+        .await
+        .expect("b takes over long before a's 5 s lease could end")
+        .unwrap();
+    drop(rx);
+    b.shutdown().await;
+    drop(b);
+    tasks::settle(base, Duration::from_secs(3))
+        .await
+        .unwrap_or_else(|n| panic!("{n} tasks alive, {base} before"));
+}

@@ -1,0 +1,151 @@
+//! One membership snapshot: the ring, every member's address and an epoch, immutable and
+//! swapped whole.
+//!
+//! The first version kept the same facts in three structures under three locks (the ring, a
+//! URL map and an "alone" flag), so a `get` between two updates could find an owner without an
+//! address, and `add_node` on a cache built alone left every key local. Here a change builds a
+//! new [`Membership`] from the old one and swaps it in atomically; every operation loads one
+//! snapshot and uses it from start to end.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use distkit_core::{Error, Locator, NodeId};
+use distkit_hashring::{HashRing, Node};
+
+/// Where a key lives in one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// This node.
+    Me,
+    /// A peer, with its base URL (taken from the same snapshot as the ring).
+    Peer(NodeId, String),
+}
+
+/// The members as one immutable value.
+#[derive(Clone, Debug)]
+pub(crate) struct Membership {
+    /// Raised by every change; tells snapshots apart.
+    pub(crate) epoch: u64,
+    me: NodeId,
+    ring: HashRing,
+    urls: HashMap<NodeId, String>,
+}
+
+impl Membership {
+    pub(crate) fn new(me: NodeId, peers: &[(NodeId, String)]) -> Result<Self, Error> {
+        let mut m = Self {
+            epoch: 0,
+            me: me.clone(),
+            ring: HashRing::new(),
+            urls: HashMap::new(),
+        };
+        m.ring
+            .add_node(Node::new(me, "self"))
+            .map_err(|e| Error::invalid_input("node", e.to_string()))?;
+        for (id, url) in peers {
+            m = m.with_peer(id.clone(), url.clone())?;
+        }
+        m.epoch = 0;
+        Ok(m)
+    }
+
+    /// A copy with `id` at `url` added.
+    pub(crate) fn with_peer(&self, id: NodeId, url: String) -> Result<Self, Error> {
+        if id == self.me {
+            return Err(Error::invalid_input(
+                "peer",
+                format!("{id} is this node; list only the other members as peers"),
+            ));
+        }
+        let mut next = self.clone();
+        next.ring
+            .add_node(Node::new(id.clone(), url.clone()))
+            .map_err(|e| Error::invalid_input("peer", e.to_string()))?;
+        next.urls.insert(id, url);
+        next.epoch = self.epoch.saturating_add(1);
+        Ok(next)
+    }
+
+    /// A copy without peer `id`.
+    pub(crate) fn without_peer(&self, id: &str) -> Result<Self, Error> {
+        if id == self.me.as_str() {
+            return Err(Error::invalid_input("peer", "a node cannot remove itself"));
+        }
+        let mut next = self.clone();
+        next.ring
+            .remove_node(id)
+            .map_err(|e| Error::invalid_input("peer", e.to_string()))?;
+        next.urls.remove(id);
+        next.epoch = self.epoch.saturating_add(1);
+        Ok(next)
+    }
+
+    /// The owner of `key`. Without peers, this node, without a ring lookup.
+    pub(crate) fn owner(&self, key: &str) -> Owner {
+        if self.urls.is_empty() {
+            return Owner::Me;
+        }
+        match self.ring.owner(key.as_bytes()) {
+            Ok(id) if id != self.me => match self.urls.get(&id) {
+                Some(url) => Owner::Peer(id, url.clone()),
+                // Impossible within one snapshot: the ring and the addresses change together.
+                None => Owner::Me,
+            },
+            _ => Owner::Me,
+        }
+    }
+
+    /// The peers and their addresses.
+    pub(crate) fn peers(&self) -> impl Iterator<Item = (&NodeId, &String)> {
+        self.urls.iter()
+    }
+
+    pub(crate) fn is_peer(&self, id: &NodeId) -> bool {
+        self.urls.contains_key(id)
+    }
+
+    pub(crate) fn peer_count(&self) -> usize {
+        self.urls.len()
+    }
+
+    pub(crate) fn ring(&self) -> &HashRing {
+        &self.ring
+    }
+}
+
+/// The current snapshot, swapped whole.
+#[derive(Debug)]
+pub(crate) struct Members(ArcSwap<Membership>);
+
+impl Members {
+    pub(crate) fn new(m: Membership) -> Self {
+        Self(ArcSwap::from_pointee(m))
+    }
+
+    /// The snapshot to use for one whole operation.
+    pub(crate) fn load(&self) -> Arc<Membership> {
+        self.0.load_full()
+    }
+
+    /// Applies `change` to the current snapshot and swaps the result in; concurrent changes
+    /// are applied one after the other, none is lost.
+    pub(crate) fn update(
+        &self,
+        change: impl Fn(&Membership) -> Result<Membership, Error>,
+    ) -> Result<(), Error> {
+        let mut failed = None;
+        self.0.rcu(|cur| {
+            failed = None;
+            match change(cur) {
+                Ok(next) => Arc::new(next),
+                Err(e) => {
+                    failed = Some(e);
+                    Arc::clone(cur)
+                }
+            }
+        });
+        failed.map_or(Ok(()), Err)
+    }
+}
