@@ -197,6 +197,7 @@ async fn follow(
 
 impl Inner {
     pub(crate) fn new(p: Parts) -> Arc<Self> {
+        p.client.set_members(p.members.fingerprint());
         Arc::new(Self {
             id: p.id,
             local: p.local,
@@ -294,10 +295,48 @@ impl Inner {
         let entry = self.entry(value, ttl);
         {
             let _order = self.versions.lock(key).await;
+            self.check_still_owner(key)?;
             self.local.insert(key.to_owned(), entry.clone()).await;
             self.supersede_load(key, Phase::Done(Ok(entry)));
         }
         self.announce(key).await
+    }
+
+    /// Refuses a write of a key this node no longer owns (the members changed while the
+    /// write was on its way): storing it would leave a copy that an ownership change back
+    /// could serve again.
+    fn check_still_owner(&self, key: &str) -> Result<(), Error> {
+        match self.members.load().owner(key) {
+            Owner::Me => Ok(()),
+            Owner::Peer(id, _) => Err(Error::Unavailable {
+                endpoint: self.id.to_string(),
+                reason: format!(
+                    "the members changed during the write: {key:?} now belongs to {id}; retry"
+                ),
+                source: None,
+            }),
+        }
+    }
+
+    /// After a change of members: drops the entries this node no longer owns (so a change
+    /// back cannot serve them) and every hot copy (their owners may have changed).
+    async fn drop_unowned(&self) {
+        if let Some(hot) = &self.hot {
+            hot.invalidate_all();
+        }
+        let members = self.members.load();
+        let gone: Vec<String> = self
+            .local
+            .iter()
+            .map(|(k, _)| (*k).clone())
+            .filter(|k| members.owner(k) != Owner::Me)
+            .collect();
+        for k in gone {
+            let _order = self.versions.lock(&k).await;
+            if self.members.load().owner(&k) != Owner::Me {
+                self.local.invalidate(&k).await;
+            }
+        }
     }
 
     /// Owner: deletes and tells peers. A load in flight is abandoned (its followers load
@@ -305,6 +344,7 @@ impl Inner {
     pub(crate) async fn delete_owned(&self, key: &str) -> Result<bool, Error> {
         let removed = {
             let _order = self.versions.lock(key).await;
+            self.check_still_owner(key)?;
             let removed = self.local.remove(key).await.is_some();
             self.supersede_load(key, Phase::Abandoned);
             removed
@@ -820,6 +860,16 @@ impl PeerService for Inner {
     fn token(&self) -> Option<&ClusterToken> {
         self.token.as_ref()
     }
+    fn members(&self) -> u64 {
+        self.members.load().fingerprint()
+    }
+    fn joined(&self, by: &NodeId) {
+        tracing::info!(by = %by, "added to a peer's members; dropping what this node held");
+        self.local.invalidate_all();
+        if let Some(hot) = &self.hot {
+            hot.invalidate_all();
+        }
+    }
     fn max_value(&self) -> usize {
         self.max_value
     }
@@ -922,14 +972,21 @@ impl DistributedCache {
         &self.inner.id
     }
 
-    /// Adds a peer at run time; keys it now owns reach it lazily (on their next miss). The
-    /// ring and the addresses change together, in one snapshot.
+    /// Adds a peer at run time. The new member is told first, and drops what it holds (if
+    /// it was a member before, it may have missed writes while it was out: nothing it held
+    /// may be served again). Then the ring and the addresses change together, in one
+    /// snapshot; this node drops the entries it no longer owns and its hot copies. Keys the
+    /// new member now owns are loaded there on their next miss.
+    ///
+    /// Until every member has made the same change, members that disagree refuse each
+    /// other's key requests (a retryable error) rather than act under different rings.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] for a bad URL, a duplicate id, this node's own id, or a cache
-    /// built without a token.
-    pub fn add_node(&self, id: NodeId, url: &str) -> Result<(), Error> {
+    /// built without a token; [`Error::Unavailable`] or [`Error::Timeout`] when the new
+    /// member could not be told (nothing changed then; retry).
+    pub async fn add_node(&self, id: NodeId, url: &str) -> Result<(), Error> {
         if self.inner.token.is_none() {
             return Err(Error::invalid_input(
                 "cluster token",
@@ -937,24 +994,40 @@ impl DistributedCache {
             ));
         }
         let url = crate::peer::check_url(&id, url)?;
+        // Refuse what the snapshot would refuse before telling anyone.
+        self.inner
+            .members
+            .load()
+            .with_peer(id.clone(), url.clone())?;
+        self.inner.client.join(&url, &self.inner.id).await?;
         self.inner.breaker.reset(&id);
         self.inner
             .members
-            .update(|m| m.with_peer(id.clone(), url.clone()))
+            .update(|m| m.with_peer(id.clone(), url.clone()))?;
+        self.members_changed().await;
+        Ok(())
     }
 
-    /// Removes a peer; its keys fall to the others lazily.
+    /// Removes a peer; its keys fall to the others (loaded there on their next miss).
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] when it is not a peer.
-    pub fn remove_node(&self, id: &str) -> Result<(), Error> {
+    pub async fn remove_node(&self, id: &str) -> Result<(), Error> {
         self.inner.members.update(|m| m.without_peer(id))?;
         if let Ok(id) = NodeId::new(id) {
             self.inner.versions.forget(&id);
             self.inner.breaker.reset(&id);
         }
+        self.members_changed().await;
         Ok(())
+    }
+
+    async fn members_changed(&self) {
+        self.inner
+            .client
+            .set_members(self.inner.members.load().fingerprint());
+        self.inner.drop_unowned().await;
     }
 
     /// The node that owns `key` in this node's view of the ring.

@@ -22,6 +22,11 @@
 //!   never heard about, drops its hot copies.
 //! * **No forwarding loops**: a node serves a peer's request from its own tier and never
 //!   passes it on, even when members disagree about the ring (groupcache's open bug).
+//! * **Membership changes**: one snapshot of the members, swapped whole.
+//!   [`add_node`](DistributedCache::add_node) tells the new member first (it drops what it
+//!   held, so a node that comes back never serves what it had before), and every node drops
+//!   what it no longer owns. Members that disagree refuse each other's key requests with a
+//!   retryable error until their views agree.
 //! * **Peer failure**: a failed or slow peer is skipped for a while (a circuit breaker):
 //!   reads of its keys are misses and `get_or_load` runs the loader locally without caching.
 //! * **Limits and security**: keys up to 1 KiB and values up to 1 MiB by default (typed

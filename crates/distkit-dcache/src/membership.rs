@@ -113,6 +113,21 @@ impl Membership {
     pub(crate) fn ring(&self) -> &HashRing {
         &self.ring
     }
+
+    /// A digest of the member set (ids only: a node does not know its own address), equal
+    /// on two nodes exactly when they agree on who the members are. Peers compare it on
+    /// every key request and refuse to act on a disagreement rather than use a wrong owner.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        let mut ids: Vec<&str> = self.urls.keys().map(NodeId::as_str).collect();
+        ids.push(self.me.as_str());
+        ids.sort_unstable();
+        let mut bytes = Vec::new();
+        for id in ids {
+            bytes.extend_from_slice(&(id.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(id.as_bytes());
+        }
+        distkit_hashring::hash_key(&bytes)
+    }
 }
 
 /// The current snapshot, swapped whole.

@@ -18,6 +18,11 @@
 //! | `POST /v1/peer/cache/{hex key}/abandon?lease=N` | 204: the loader failed |
 //! | `POST /v1/peer/invalidate` | 204; body `{"from", "seq", "keys"}` |
 //! | `GET /v1/peer/seq` | 200 `{"seq": N}` |
+//! | `POST /v1/peer/join` | 204; body `{"from"}`: the sender adds this node to its members, so this node drops what it holds (it may have missed writes while it was out) |
+//!
+//! Every key request carries the sender's membership fingerprint in `x-distkit-members`; a
+//! node whose members differ answers 421 (kind `membership_mismatch`, retryable) instead of
+//! acting under a ring the sender does not share.
 //!
 //! Errors: 401 wrong or missing token, 400 malformed input, 413 key or value over the limit,
 //! always with the JSON body every distkit router sends (`{"error", "kind", "retryable"}`, see
@@ -41,6 +46,8 @@ use crate::local::Entry;
 const TTL_HEADER: &str = "x-distkit-ttl-ms";
 const SEQ_HEADER: &str = "x-distkit-seq";
 const FORWARDED_HEADER: &str = "x-distkit-forwarded";
+/// The sender's membership fingerprint, on every key request.
+const MEMBERS_HEADER: &str = "x-distkit-members";
 
 pub(crate) fn check_url(id: &NodeId, url: &str) -> Result<String, Error> {
     let url = url.trim_end_matches('/');
@@ -68,6 +75,8 @@ pub(crate) struct PeerClient {
     timeout: Duration,
     /// What this node presents; empty when it has no peers (nothing is then sent).
     token: Arc<str>,
+    /// This node's membership fingerprint, sent with every key request.
+    members: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PeerClient {
@@ -84,7 +93,34 @@ impl PeerClient {
             http,
             timeout,
             token: token.into(),
+            members: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         })
+    }
+
+    /// Sets the membership fingerprint sent from now on.
+    pub(crate) fn set_members(&self, fingerprint: u64) {
+        self.members
+            .store(fingerprint, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Tells the node at `base` that it is being added to this node's members: it drops
+    /// whatever it holds (it may have missed writes while it was out).
+    pub(crate) async fn join(&self, base: &str, from: &NodeId) -> Result<(), Error> {
+        let url = format!("{base}/v1/peer/join");
+        let resp = self
+            .send(
+                self.http
+                    .post(url)
+                    .bearer_auth(&*self.token)
+                    .json(&serde_json::json!({ "from": from })),
+                base,
+            )
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::refused(resp, base).await)
+        }
     }
 
     fn url(base: &str, key: &str, suffix: Option<&str>) -> Result<reqwest::Url, Error> {
@@ -103,10 +139,12 @@ impl PeerClient {
     }
 
     fn request(&self, method: reqwest::Method, url: reqwest::Url) -> reqwest::RequestBuilder {
+        let members = self.members.load(std::sync::atomic::Ordering::SeqCst);
         self.http
             .request(method, url)
             .bearer_auth(&*self.token)
             .header(FORWARDED_HEADER, "1")
+            .header(MEMBERS_HEADER, format!("{members:016x}"))
     }
 
     async fn send(
@@ -162,7 +200,9 @@ impl PeerClient {
         match status {
             StatusCode::BAD_REQUEST => Error::invalid_input("cache request", reason),
             StatusCode::PAYLOAD_TOO_LARGE => Error::invalid_input("cache request size", reason),
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => Error::Unavailable {
+            StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
+            | StatusCode::MISDIRECTED_REQUEST => Error::Unavailable {
                 endpoint: what.to_owned(),
                 reason,
                 source: None,
@@ -373,6 +413,10 @@ fn seq_of(h: &HeaderMap) -> u64 {
 pub(crate) trait PeerService: Send + Sync + 'static {
     /// The cluster token peers must present; `None` refuses every request.
     fn token(&self) -> Option<&ClusterToken>;
+    /// This node's membership fingerprint.
+    fn members(&self) -> u64;
+    /// Another node adds this one to its members: drop what this node holds.
+    fn joined(&self, by: &NodeId);
     /// The value limit in bytes.
     fn max_value(&self) -> usize;
     /// The key limit in bytes.
@@ -423,6 +467,7 @@ pub(crate) fn router(service: Service) -> Router {
         .route("/v1/peer/cache/{key}/load", post(load_key))
         .route("/v1/peer/cache/{key}/abandon", post(abandon_key))
         .route("/v1/peer/invalidate", post(invalidate))
+        .route("/v1/peer/join", post(join))
         .route("/v1/peer/seq", get(seq))
         .with_state(service)
 }
@@ -442,6 +487,30 @@ fn admit(
 ) -> Result<String, Response> {
     if !authorized(headers, service.token()) {
         return Err(error("unauthorized", "missing or wrong cluster token"));
+    }
+    // A sender that disagrees about the members may have the wrong owner in mind: refuse
+    // rather than store or serve under a different ring.
+    let theirs = headers
+        .get(MEMBERS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| u64::from_str_radix(v, 16).ok());
+    if let Some(theirs) = theirs
+        && theirs != service.members()
+    {
+        return Err((
+            StatusCode::MISDIRECTED_REQUEST,
+            [(header::CONTENT_TYPE, "application/json")],
+            ErrorBody {
+                retryable: true,
+                ..ErrorBody::new(
+                    "membership_mismatch",
+                    "the sender and this node disagree about the members; retry once both \
+                     have the same view",
+                )
+            }
+            .to_json(),
+        )
+            .into_response());
     }
     let Path(hex) = key.map_err(|e| error("invalid_input", &format!("bad key: {e}")))?;
     // Checked against the limit before decoding, so a huge path costs nothing.
@@ -654,6 +723,27 @@ async fn invalidate(State(service): State<Service>, headers: HeaderMap, body: Bo
     }
     service.invalidated(&msg.from, msg.seq, &msg.keys).await;
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct Join {
+    from: NodeId,
+}
+
+async fn join(State(service): State<Service>, headers: HeaderMap, body: Body) -> Response {
+    if !authorized(&headers, service.token()) {
+        return error("unauthorized", "missing or wrong cluster token");
+    }
+    let Ok(body) = axum::body::to_bytes(body, 4 * 1024).await else {
+        return error("too_large", "a join is at most 4 KiB");
+    };
+    match serde_json::from_slice::<Join>(&body) {
+        Ok(j) => {
+            service.joined(&j.from);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => error("invalid_input", &format!("malformed join: {e}")),
+    }
 }
 
 async fn seq(State(service): State<Service>, headers: HeaderMap) -> Response {

@@ -160,6 +160,7 @@ async fn bad_input_is_typed() {
                 distkit_core::NodeId::new("p").unwrap(),
                 "http://127.0.0.1:1"
             )
+            .await
             .is_err(),
         "no token"
     );
