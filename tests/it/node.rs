@@ -48,6 +48,10 @@ fn signal(pid: u32, sig: &str) -> std::io::Result<()> {
 }
 
 fn spawn(ports: &[u16], i: usize, data: &std::path::Path) -> Child {
+    spawn_with(ports, i, data, &[])
+}
+
+fn spawn_with(ports: &[u16], i: usize, data: &std::path::Path, env: &[(&str, &str)]) -> Child {
     let peers: Vec<String> = (0..ports.len())
         .filter(|&j| j != i)
         .map(|j| format!("node-{j}=http://127.0.0.1:{}", ports[j]))
@@ -63,6 +67,7 @@ fn spawn(ports: &[u16], i: usize, data: &std::path::Path) -> Child {
         .arg("--data-dir")
         .arg(data)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -72,6 +77,10 @@ fn spawn(ports: &[u16], i: usize, data: &std::path::Path) -> Child {
 
 impl Cluster {
     fn start(n: usize) -> Self {
+        Self::start_with(n, &[])
+    }
+
+    fn start_with(n: usize, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..n)
             .map(|_| distkit_testkit::free_port().unwrap())
@@ -80,7 +89,7 @@ impl Cluster {
             .map(|i| {
                 let data = dir.path().join(format!("node-{i}"));
                 Proc {
-                    child: Some(spawn(&ports, i, &data)),
+                    child: Some(spawn_with(&ports, i, &data, env)),
                     url: format!("http://127.0.0.1:{}", ports[i]),
                     port: ports[i],
                     data,
@@ -539,4 +548,54 @@ async fn a_node_without_peers_leads_at_once_and_serves() {
     assert_eq!(peer.status().as_u16(), 401);
     let _ = signal(child.id(), "TERM");
     let _ = child.wait();
+}
+
+/// `--replicas 2` end to end: every key stays readable through the other nodes after any one
+/// node is SIGKILLed (its keys are served by their replicas).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replicas_every_key_survives_a_killed_node() {
+    let mut c = Cluster::start_with(3, &[("DISTKIT_REPLICAS", "2")]);
+    let http = reqwest::Client::new();
+    let u0 = c.procs[0].url.clone();
+    let start = Instant::now();
+    while status(&http, &u0).await.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "node 0 did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..30 {
+        // The peers may still be starting: retry each write a few times.
+        let mut stored = false;
+        for _ in 0..50 {
+            let r = http
+                .put(format!("{u0}/v1/cache/device:{i}"))
+                .body(format!("state-{i}"))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status().as_u16() == 204) {
+                stored = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(stored, "device:{i} was not stored");
+    }
+    c.kill(1);
+    for via in [0, 2] {
+        let u = c.procs[via].url.clone();
+        for i in 0..30 {
+            let r = http
+                .get(format!("{u}/v1/cache/device:{i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200, "device:{i} via node {via}");
+            assert_eq!(
+                r.bytes().await.unwrap().as_ref(),
+                format!("state-{i}").as_bytes()
+            );
+        }
+    }
 }

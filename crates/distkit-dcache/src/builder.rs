@@ -35,7 +35,12 @@ pub struct DistributedCacheBuilder {
     load_timeout: Duration,
     suspect_for: Duration,
     staleness_check: Duration,
+    replicas: usize,
+    write_acks: Option<usize>,
 }
+
+/// The most copies of a value a cluster keeps (the owner's included).
+pub const MAX_REPLICAS: usize = 3;
 
 impl DistributedCacheBuilder {
     /// Bound the local tier by entry count (default 10,000 entries).
@@ -117,6 +122,22 @@ impl DistributedCacheBuilder {
         self
     }
 
+    /// How many nodes keep each value (default 1, at most [`MAX_REPLICAS`]): the owner and
+    /// the next `r - 1` distinct members of the ring. When the owner cannot be reached, a
+    /// read is served by a replica, without running any loader.
+    pub fn replicas(mut self, r: usize) -> Self {
+        self.replicas = r;
+        self
+    }
+
+    /// How many of the `r` copies (the owner's included) must confirm a write before it
+    /// returns `Ok` (default all `r`). A write that fewer confirmed returns a retryable
+    /// error that says how many did; it is stored where it was confirmed.
+    pub fn write_acks(mut self, w: usize) -> Self {
+        self.write_acks = Some(w);
+        self
+    }
+
     /// How often maintenance runs (default 1 s): entries whose own TTL ran out are swept, and
     /// peers' write sequence numbers are compared, bounding how long a hot copy can outlive a
     /// lost invalidation.
@@ -131,7 +152,8 @@ impl DistributedCacheBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidInput`] for a zero capacity or limit, zero timeouts, a TTL, idle time
-    /// or hot-copy life over [`MAX_TTL`], peers without a token, a peer equal to this node or
+    /// or hot-copy life over [`MAX_TTL`], replicas outside `1..=`[`MAX_REPLICAS`] or write
+    /// acks outside `1..=replicas`, peers without a token, a peer equal to this node or
     /// listed twice, or a URL that is not `http://...`.
     pub fn build(self) -> Result<DistributedCache, Error> {
         let bad = |what: &'static str, reason: &str| Err(Error::invalid_input(what, reason));
@@ -170,6 +192,22 @@ impl DistributedCacheBuilder {
         if !self.peers.is_empty() && self.token.as_deref().is_none_or(str::is_empty) {
             return bad("cluster token", "peers need a shared token");
         }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(Error::invalid_input(
+                "replicas",
+                format!("it must be from 1 to {MAX_REPLICAS}, got {}", self.replicas),
+            ));
+        }
+        let write_acks = self.write_acks.unwrap_or(self.replicas);
+        if !(1..=self.replicas).contains(&write_acks) {
+            return Err(Error::invalid_input(
+                "write acks",
+                format!(
+                    "it must be from 1 to the replica count {}, got {write_acks}",
+                    self.replicas
+                ),
+            ));
+        }
         let members = Membership::new(self.id.clone(), &self.peers_checked()?)?;
         let token = match self.token.as_deref() {
             Some(t) => Some(ClusterToken::new(t)?),
@@ -195,6 +233,8 @@ impl DistributedCacheBuilder {
             max_value: self.max_value,
             load_timeout: self.load_timeout,
             suspect_for: self.suspect_for,
+            replicas: self.replicas,
+            write_acks,
         });
         Ok(DistributedCache::from_parts(inner, self.staleness_check))
     }
@@ -218,6 +258,8 @@ impl DistributedCacheBuilder {
             load_timeout: Duration::from_secs(10),
             suspect_for: Duration::from_secs(2),
             staleness_check: Duration::from_secs(1),
+            replicas: 1,
+            write_acks: None,
         }
     }
 

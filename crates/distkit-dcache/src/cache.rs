@@ -62,6 +62,8 @@ pub(crate) struct Parts {
     pub(crate) max_value: usize,
     pub(crate) load_timeout: Duration,
     pub(crate) suspect_for: Duration,
+    pub(crate) replicas: usize,
+    pub(crate) write_acks: usize,
 }
 
 pub(crate) struct Inner {
@@ -77,6 +79,11 @@ pub(crate) struct Inner {
     pub(crate) max_key: usize,
     pub(crate) max_value: usize,
     load_timeout: Duration,
+    /// Copies of each value (the owner's included), and how many must confirm a write.
+    replicas: usize,
+    write_acks: usize,
+    /// Numbers the owner's writes, under the key's lock: a replica keeps the newest.
+    writes: AtomicU64,
     /// Owner side: loads of keys this node owns, for local and remote callers.
     owned_loads: Mutex<LoadTable<Signal>>,
     /// Non-owner side: this node's one request per key to its owner.
@@ -210,6 +217,9 @@ impl Inner {
             max_key: p.max_key,
             max_value: p.max_value,
             load_timeout: p.load_timeout,
+            replicas: p.replicas,
+            write_acks: p.write_acks,
+            writes: AtomicU64::new(0),
             owned_loads: Mutex::new(LoadTable::new(p.load_timeout)),
             remote_loads: Mutex::new(LoadTable::new(p.load_timeout)),
             own_ttls: AtomicBool::new(false),
@@ -292,14 +302,136 @@ impl Inner {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
-        let entry = self.entry(value, ttl);
-        {
+        let entry = {
             let _order = self.versions.lock(key).await;
             self.check_still_owner(key)?;
+            let entry = self.entry(value, ttl).with_version(self.next_write());
             self.local.insert(key.to_owned(), entry.clone()).await;
-            self.supersede_load(key, Phase::Done(Ok(entry)));
+            self.supersede_load(key, Phase::Done(Ok(entry.clone())));
+            entry
+        };
+        let replicated = self.replicate(key, Some(&entry)).await;
+        let announced = self.announce(key).await;
+        replicated.and(announced)
+    }
+
+    /// The next write number: `max(previous + 1, wall clock in microseconds)`, so numbers
+    /// keep growing across a restart of the owner (as long as its clock does not step back),
+    /// and a replica never prefers a value written before the restart.
+    fn next_write(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let prev = self
+            .writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+                Some(p.saturating_add(1).max(now))
+            })
+            .unwrap_or_else(|p| p);
+        prev.saturating_add(1).max(now)
+    }
+
+    /// Owner: sends the write (a value, or a delete when `entry` is `None`) to the other
+    /// holders of the key; `Err` when fewer than `write_acks` copies (this one included)
+    /// confirmed.
+    async fn replicate(&self, key: &str, entry: Option<&Entry>) -> Result<(), Error> {
+        if self.replicas <= 1 {
+            return Ok(());
         }
-        self.announce(key).await
+        let holders = self.members.load().holders(key, self.replicas);
+        let version = entry.map_or_else(|| self.next_write(), |e| e.version);
+        let sends = holders.iter().filter_map(|h| match h {
+            Owner::Peer(id, url) => Some(async move {
+                let r = match entry {
+                    Some(e) => {
+                        self.client
+                            .replicate(url, key, version, &e.value, e.remaining())
+                            .await
+                    }
+                    None => self.client.unreplicate(url, key, version).await,
+                };
+                (id, r)
+            }),
+            Owner::Me => None,
+        });
+        let mut confirmed = 1;
+        let mut failed = Vec::new();
+        for (id, r) in futures_util::future::join_all(sends).await {
+            match r {
+                Ok(()) => confirmed += 1,
+                Err(e) => {
+                    tracing::debug!(peer = %id, error = %e, "a replica did not confirm");
+                    failed.push(id.to_string());
+                }
+            }
+        }
+        if confirmed >= self.write_acks {
+            return Ok(());
+        }
+        Err(Error::Unavailable {
+            endpoint: failed.join(", "),
+            reason: format!(
+                "the write of {key:?} is stored on {confirmed} of {} nodes; {} must confirm",
+                holders.len(),
+                self.write_acks
+            ),
+            source: None,
+        })
+    }
+
+    /// A replica: keeps the owner's write unless it holds a newer one already.
+    pub(crate) async fn store_replica(
+        &self,
+        key: &str,
+        version: u64,
+        value: Option<(Bytes, Option<Duration>)>,
+    ) {
+        let _order = self.versions.lock(key).await;
+        if let Some(h) = &self.hot {
+            h.invalidate(key).await;
+        }
+        if let Some(cur) = self.local.get(key).await
+            && cur.version > version
+        {
+            return;
+        }
+        match value {
+            Some((v, ttl)) => {
+                let entry = self.entry(v, ttl).with_version(version);
+                self.local.insert(key.to_owned(), entry).await;
+            }
+            None => {
+                self.local.invalidate(key).await;
+            }
+        }
+    }
+
+    /// The owner is unreachable: the first other holder that answers serves the read
+    /// (`None` when no holder could be asked).
+    async fn read_replica(&self, owner: &NodeId, key: &str) -> Option<Option<Bytes>> {
+        if self.replicas <= 1 {
+            return None;
+        }
+        for h in self.members.load().holders(key, self.replicas) {
+            match h {
+                Owner::Me => {
+                    let e = local::live(&self.local, key).await;
+                    self.metrics.hit_replica.increment(1);
+                    return Some(e.map(|e| e.value));
+                }
+                Owner::Peer(id, url) if id != *owner && self.breaker.open_until(&id).is_none() => {
+                    match self.client.get(&url, key).await {
+                        Ok(v) => {
+                            self.metrics.hit_replica.increment(1);
+                            return Some(v.map(|(v, _, _)| v));
+                        }
+                        Err(e) => self.mark_suspect(&id, &e),
+                    }
+                }
+                Owner::Peer(..) => {}
+            }
+        }
+        None
     }
 
     /// Refuses a write of a key this node no longer owns (the members changed while the
@@ -324,16 +456,21 @@ impl Inner {
         if let Some(hot) = &self.hot {
             hot.invalidate_all();
         }
-        let members = self.members.load();
+        let holds = |k: &str| {
+            self.members
+                .load()
+                .holders(k, self.replicas)
+                .contains(&Owner::Me)
+        };
         let gone: Vec<String> = self
             .local
             .iter()
             .map(|(k, _)| (*k).clone())
-            .filter(|k| members.owner(k) != Owner::Me)
+            .filter(|k| !holds(k))
             .collect();
         for k in gone {
             let _order = self.versions.lock(&k).await;
-            if self.members.load().owner(&k) != Owner::Me {
+            if !holds(&k) {
                 self.local.invalidate(&k).await;
             }
         }
@@ -349,7 +486,9 @@ impl Inner {
             self.supersede_load(key, Phase::Abandoned);
             removed
         };
-        self.announce(key).await?;
+        let replicated = self.replicate(key, None).await;
+        let announced = self.announce(key).await;
+        replicated.and(announced)?;
         Ok(removed)
     }
 
@@ -376,7 +515,7 @@ impl Inner {
                 return Err(e);
             }
         };
-        let entry = self.entry(value, ttl);
+        let entry = self.entry(value, ttl).with_version(self.next_write());
         let current = {
             let _order = self.versions.lock(key).await;
             let current = guard.finish(Ok(entry.clone()));
@@ -385,6 +524,9 @@ impl Inner {
             }
             current
         };
+        if current && let Err(e) = self.replicate(key, Some(&entry)).await {
+            tracing::debug!(error = %e, "a loaded value was not replicated everywhere");
+        }
         if current && let Err(e) = self.announce(key).await {
             // An older value may live on as a hot copy elsewhere (evicted here, reloaded);
             // the peer that did not confirm notices through the staleness check.
@@ -710,6 +852,9 @@ impl Inner {
                 }
             }
         }
+        if let Some(Some(v)) = self.read_replica(owner, key).await {
+            return Ok(v);
+        }
         match loader {
             Some(l) => self.load_here(key, l).await,
             None => Err(Error::Timeout {
@@ -784,6 +929,9 @@ impl Inner {
             return Ok(Some(v));
         }
         if let Some(until) = self.breaker.open_until(&owner) {
+            if let Some(v) = self.read_replica(&owner, key).await {
+                return Ok(v);
+            }
             return Err(self.unreachable(&owner, until));
         }
         let started = Instant::now();
@@ -804,6 +952,9 @@ impl Inner {
             Err(e) => {
                 if e.is_retryable() {
                     self.mark_suspect(&owner, &e);
+                    if let Some(v) = self.read_replica(&owner, key).await {
+                        return Ok(v);
+                    }
                 }
                 Err(e)
             }
@@ -849,6 +1000,9 @@ impl Inner {
             return Ok(v);
         }
         if self.breaker.open_until(&owner).is_some() {
+            if let Some(Some(v)) = self.read_replica(&owner, key).await {
+                return Ok(v);
+            }
             return self.load_here(key, loader).await;
         }
         self.load_via_owner(&owner, &url, key, loader).await
@@ -905,6 +1059,14 @@ impl PeerService for Inner {
     }
     async fn invalidated(&self, from: &NodeId, seq: u64, keys: &[String]) {
         Inner::invalidated(self, from, seq, keys).await;
+    }
+    async fn store_replica(
+        &self,
+        key: &str,
+        version: u64,
+        value: Option<(Bytes, Option<Duration>)>,
+    ) {
+        Inner::store_replica(self, key, version, value).await;
     }
 }
 

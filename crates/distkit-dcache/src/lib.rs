@@ -22,6 +22,10 @@
 //!   never heard about, drops its hot copies.
 //! * **No forwarding loops**: a node serves a peer's request from its own tier and never
 //!   passes it on, even when members disagree about the ring (groupcache's open bug).
+//! * **Replicas** ([`replicas`](DistributedCacheBuilder::replicas), 1 to 3): each value is
+//!   also kept by the next members of the ring; a key whose owner is down is served by a
+//!   replica without running any loader. A write returns `Ok` when
+//!   [`write_acks`](DistributedCacheBuilder::write_acks) copies confirmed it (default: all).
 //! * **Membership changes**: one snapshot of the members, swapped whole.
 //!   [`add_node`](DistributedCache::add_node) tells the new member first (it drops what it
 //!   held, so a node that comes back never serves what it had before), and every node drops
@@ -120,7 +124,9 @@ pub mod peer;
 mod versions;
 
 #[doc(inline)]
-pub use builder::{DEFAULT_MAX_KEY, DEFAULT_MAX_VALUE, DistributedCacheBuilder, MAX_TTL};
+pub use builder::{
+    DEFAULT_MAX_KEY, DEFAULT_MAX_VALUE, DistributedCacheBuilder, MAX_REPLICAS, MAX_TTL,
+};
 #[doc(inline)]
 pub use cache::DistributedCache;
 #[doc(inline)]

@@ -26,6 +26,9 @@ pub(crate) struct Entry {
     pub(crate) value: Bytes,
     /// `None`: no TTL at all.
     meta: Option<Arc<Meta>>,
+    /// The owner's write number for this value (0 when unknown): a replica never replaces a
+    /// newer value with an older one.
+    pub(crate) version: u64,
 }
 
 #[derive(Debug)]
@@ -49,7 +52,14 @@ impl Entry {
                     expires: None,
                 })
             }),
+            version: 0,
         }
+    }
+
+    /// The same entry, stamped with the owner's write number.
+    pub(crate) fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
     }
 
     /// A value with a TTL of its own, checked on read and swept.
@@ -62,6 +72,7 @@ impl Entry {
                 stored,
                 expires: stored.checked_add(ttl),
             })),
+            version: 0,
         }
     }
 

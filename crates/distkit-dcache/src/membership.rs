@@ -97,6 +97,28 @@ impl Membership {
         }
     }
 
+    /// The `r` nodes that hold `key` (the owner first, then the next distinct members of the
+    /// ring), at most as many as there are members.
+    pub(crate) fn holders(&self, key: &str, r: usize) -> Vec<Owner> {
+        if self.urls.is_empty() || r <= 1 {
+            return vec![self.owner(key)];
+        }
+        Locator::replicas(&self.ring, key.as_bytes(), r)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|id| {
+                if id == self.me {
+                    Owner::Me
+                } else {
+                    match self.urls.get(&id) {
+                        Some(url) => Owner::Peer(id, url.clone()),
+                        None => Owner::Me,
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// The peers and their addresses.
     pub(crate) fn peers(&self) -> impl Iterator<Item = (&NodeId, &String)> {
         self.urls.iter()

@@ -13,7 +13,9 @@
 //! |---|---|
 //! | `GET /v1/peer/cache/{hex key}` | 200 value, 404 miss |
 //! | `PUT /v1/peer/cache/{hex key}[?lease=N]` | 204; with a lease, completes that load |
+//! | `PUT /v1/peer/cache/{hex key}?replica=V` | 204: the owner's write number V, for a replica (kept unless it holds a newer one) |
 //! | `DELETE /v1/peer/cache/{hex key}` | 200 `{"deleted": bool}` |
+//! | `DELETE /v1/peer/cache/{hex key}?replica=V` | 204: the owner's delete, for a replica |
 //! | `POST /v1/peer/cache/{hex key}/load?lease=N` | 200 value, 202 `{"lease": N}` (you load it, under the lease you proposed), 409 claim again, an error with kind `load_failed` (the load you waited for failed) |
 //! | `POST /v1/peer/cache/{hex key}/abandon?lease=N` | 204: the loader failed |
 //! | `POST /v1/peer/invalidate` | 204; body `{"from", "seq", "keys"}` |
@@ -280,6 +282,53 @@ impl PeerClient {
         }
     }
 
+    /// Sends the owner's write `version` of `key` to a replica.
+    pub(crate) async fn replicate(
+        &self,
+        base: &str,
+        key: &str,
+        version: u64,
+        value: &Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        let mut url = Self::url(base, key, None)?;
+        url.query_pairs_mut()
+            .append_pair("replica", &version.to_string());
+        let mut req = self
+            .request(reqwest::Method::PUT, url)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(value.clone());
+        if let Some(t) = ttl.filter(|t| !t.is_zero()) {
+            req = req.header(TTL_HEADER, t.as_millis().max(1).to_string());
+        }
+        let resp = self.send(req, base).await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::refused(resp, base).await)
+        }
+    }
+
+    /// Sends the owner's delete (write `version`) of `key` to a replica.
+    pub(crate) async fn unreplicate(
+        &self,
+        base: &str,
+        key: &str,
+        version: u64,
+    ) -> Result<(), Error> {
+        let mut url = Self::url(base, key, None)?;
+        url.query_pairs_mut()
+            .append_pair("replica", &version.to_string());
+        let resp = self
+            .send(self.request(reqwest::Method::DELETE, url), base)
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::refused(resp, base).await)
+        }
+    }
+
     pub(crate) async fn delete(&self, base: &str, key: &str) -> Result<bool, Error> {
         let resp = self
             .send(
@@ -442,6 +491,13 @@ pub(crate) trait PeerService: Send + Sync + 'static {
     fn abandon(&self, key: &str, lease: u64);
     /// A peer's invalidation.
     async fn invalidated(&self, from: &NodeId, seq: u64, keys: &[String]);
+    /// The owner's write of a key this node holds a replica of (`None`: a delete).
+    async fn store_replica(
+        &self,
+        key: &str,
+        version: u64,
+        value: Option<(Bytes, Option<Duration>)>,
+    );
 }
 
 /// The owner's answer to a peer's load request.
@@ -575,6 +631,8 @@ async fn get_key(
 #[derive(Deserialize)]
 struct LeaseQuery {
     lease: Option<u64>,
+    /// Set on a write the owner sends to a replica: the owner's write number.
+    replica: Option<u64>,
 }
 
 async fn read_value(limit: usize, body: Body) -> Result<Bytes, Response> {
@@ -613,9 +671,14 @@ async fn put_key(
         }
     };
     let value = read_value(service.max_value(), body).await?;
-    match q.lease {
-        Some(lease) => service.fill(&key, lease, value, ttl).await,
-        None => service
+    match (q.replica, q.lease) {
+        (Some(version), _) => {
+            service
+                .store_replica(&key, version, Some((value, ttl)))
+                .await
+        }
+        (None, Some(lease)) => service.fill(&key, lease, value, ttl).await,
+        (None, None) => service
             .set_owned(&key, value, ttl)
             .await
             .map_err(IntoResponse::into_response)?,
@@ -627,8 +690,17 @@ async fn delete_key(
     State(service): State<Service>,
     headers: HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Reply {
     let key = admit(&service, &headers, key)?;
+    if let Ok(Query(LeaseQuery {
+        replica: Some(version),
+        ..
+    })) = query
+    {
+        service.store_replica(&key, version, None).await;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let deleted = service
         .delete_owned(&key)
         .await
@@ -690,7 +762,9 @@ async fn abandon_key(
 ) -> Reply {
     let key = admit(&service, &headers, key)?;
     match query {
-        Ok(Query(LeaseQuery { lease: Some(lease) })) => {
+        Ok(Query(LeaseQuery {
+            lease: Some(lease), ..
+        })) => {
             service.abandon(&key, lease);
             Ok(StatusCode::NO_CONTENT.into_response())
         }

@@ -97,6 +97,7 @@ pub async fn run(
     let elector = Elector::start(cfg, Arc::new(store), Arc::new(transport))?;
     let mut cache = DistributedCache::builder(settings.id.clone())
         .max_entries(settings.cache_entries)
+        .replicas(settings.replicas)
         .token(settings.token.clone());
     if let Some(ttl) = settings.cache_ttl {
         cache = cache.ttl(ttl);

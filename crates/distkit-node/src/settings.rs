@@ -71,6 +71,10 @@ pub struct NodeArgs {
     /// Default cache TTL in milliseconds (0: none).
     #[arg(long, env = "DISTKIT_CACHE_TTL_MS")]
     pub cache_ttl_ms: Option<u64>,
+    /// Nodes that keep each cache value, the owner's included (1 to 3; default 1). With 2 or
+    /// 3, a key whose owner is down is still served, by a replica.
+    #[arg(long, env = "DISTKIT_REPLICAS")]
+    pub replicas: Option<usize>,
 }
 
 /// The TOML file's shape.
@@ -111,6 +115,7 @@ struct LocksConfig {
 struct CacheConfig {
     max_entries: Option<u64>,
     ttl_ms: Option<u64>,
+    replicas: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +156,8 @@ pub struct Settings {
     pub cache_entries: u64,
     /// Default cache TTL.
     pub cache_ttl: Option<Duration>,
+    /// Copies of each cache value.
+    pub replicas: usize,
     /// Election timeout range.
     pub election_timeout: (Duration, Duration),
     /// Heartbeat interval.
@@ -241,6 +248,7 @@ impl Settings {
                 .or(file.cache.max_entries)
                 .unwrap_or(100_000),
             cache_ttl: (ttl_ms > 0).then(|| ms(ttl_ms)),
+            replicas: args.replicas.or(file.cache.replicas).unwrap_or(1),
             election_timeout: (
                 ms(file.election.timeout_min_ms.unwrap_or(150)),
                 ms(file.election.timeout_max_ms.unwrap_or(300)),

@@ -23,6 +23,10 @@ async fn cluster(n: usize, hot: bool) -> Cluster {
 }
 
 async fn cluster_with(n: usize, hot: bool, load_timeout: Duration) -> Cluster {
+    cluster_full(n, hot, load_timeout, 1).await
+}
+
+async fn cluster_full(n: usize, hot: bool, load_timeout: Duration, replicas: usize) -> Cluster {
     let ids: Vec<NodeId> = (0..n)
         .map(|i| NodeId::new(format!("c{i}")).unwrap())
         .collect();
@@ -34,7 +38,7 @@ async fn cluster_with(n: usize, hot: bool, load_timeout: Duration) -> Cluster {
     let mut servers = Vec::new();
     let mut maintenance = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
-        let c = node(&ids, &urls, i, hot, load_timeout);
+        let c = node(&ids, &urls, i, hot, load_timeout, replicas);
         servers.push(Some(serve(&c, l)));
         maintenance.push(c.start_maintenance().unwrap());
         caches.push(c);
@@ -54,9 +58,11 @@ fn node(
     i: usize,
     hot: bool,
     load_timeout: Duration,
+    replicas: usize,
 ) -> DistributedCache {
     let mut b = DistributedCache::builder(ids[i].clone())
         .token(TOKEN)
+        .replicas(replicas)
         .load_timeout(load_timeout)
         .hot_copies(hot)
         .request_timeout(Duration::from_millis(300))
@@ -820,4 +826,110 @@ async fn churn_serves_no_stale_value() {
     }
     assert_eq!(stale.load(Ordering::Relaxed), 0, "stale reads");
     assert!(reads.load(Ordering::Relaxed) > 100, "too few reads to tell");
+}
+
+/// With two copies of every value, a dead owner's keys are served by their replica: reads
+/// hit and no loader runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_a_dead_owners_keys_still_hit() {
+    let mut c = cluster_full(3, false, Duration::from_secs(10), 2).await;
+    let keys: Vec<String> = (0..)
+        .map(|i| format!("rep{i}"))
+        .filter(|k| c.owner_index(k) == 0)
+        .take(60)
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        c.caches[1 + i % 2].set(k, format!("v-{k}")).await.unwrap();
+    }
+    // Replicas are kept only where the ring says: one copy besides the owner's.
+    for k in &keys {
+        let holders = c.caches.iter().filter(|c| c.holds_locally(k)).count();
+        assert_eq!(holders, 2, "{k}");
+    }
+    c.kill(0).await;
+    let loads = Arc::new(AtomicU64::new(0));
+    for k in &keys {
+        for via in [1, 2] {
+            let v = c.caches[via]
+                .get_or_load(
+                    k,
+                    loader_counting(loads.clone(), "reloaded", Duration::ZERO),
+                )
+                .await
+                .unwrap();
+            assert_eq!(v, format!("v-{k}").as_bytes(), "{k} via {via}");
+            let v = c.caches[via].get(k).await.unwrap();
+            assert_eq!(
+                v.as_deref(),
+                Some(format!("v-{k}").as_bytes()),
+                "{k} via {via}"
+            );
+        }
+    }
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        0,
+        "a loader ran although a replica had it"
+    );
+}
+
+/// A write that a replica cannot confirm says so (it is stored where it was confirmed);
+/// with `write_acks(1)` the owner's copy is enough. A replica keeps the newest write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_acknowledgements_are_counted() {
+    let mut c = cluster_full(2, false, Duration::from_secs(10), 2).await;
+    let key = key_owned_by(&c, 0, "ack");
+    c.caches[0].set(&key, "1").await.unwrap();
+    assert!(c.caches[1].holds_locally(&key), "the replica has it");
+    c.caches[0].set(&key, "2").await.unwrap();
+    // An old write that arrives late (number 1, far below the owner's clock-based numbers)
+    // does not replace the newer copy at the replica.
+    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+    let http = reqwest::Client::new();
+    let late = http
+        .put(format!("{}/v1/peer/cache/{hex}?replica=1", c.urls[1]))
+        .bearer_auth(TOKEN)
+        .body("stale")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status().as_u16(), 204);
+    let held = http
+        .get(format!("{}/v1/peer/cache/{hex}", c.urls[1]))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.bytes().await.unwrap().as_ref(), b"2");
+    c.kill(1).await;
+    let r = c.caches[0].set(&key, "3").await;
+    match r {
+        Err(Error::Unavailable { reason, .. }) => {
+            assert!(reason.contains("stored on 1 of 2 nodes"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        c.caches[0].get(&key).await.unwrap().as_deref(),
+        Some(&b"3"[..])
+    );
+    let relaxed = DistributedCache::builder(NodeId::new("solo").unwrap())
+        .replicas(2)
+        .write_acks(1)
+        .build()
+        .unwrap();
+    relaxed.set("k", "v").await.unwrap();
+    assert!(
+        DistributedCache::builder(NodeId::new("x").unwrap())
+            .replicas(4)
+            .build()
+            .is_err()
+    );
+    assert!(
+        DistributedCache::builder(NodeId::new("x").unwrap())
+            .replicas(2)
+            .write_acks(3)
+            .build()
+            .is_err()
+    );
 }
