@@ -417,6 +417,11 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
             404,
             "unknown route",
         ),
+        (
+            http.put(format!("{u}/v1/cluster")).body("x"),
+            405,
+            "wrong method",
+        ),
     ];
     for (req, want, what) in cases {
         let resp = req.send().await.unwrap();

@@ -86,6 +86,7 @@ mod ids;
 mod locate;
 mod lock;
 mod token;
+mod url;
 
 #[doc(inline)]
 pub use cache::{Cache, LoadFuture, Loaded, Loader};
@@ -101,6 +102,8 @@ pub use locate::Locator;
 pub use lock::{AcquireOptions, DistributedLock, Lease, LeaseStatus, LockGuard};
 #[doc(inline)]
 pub use token::ClusterToken;
+#[doc(inline)]
+pub use url::PeerUrl;
 
 #[cfg(test)]
 mod tests;

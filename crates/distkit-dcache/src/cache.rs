@@ -922,7 +922,7 @@ impl Inner {
         // point to yield, so it cannot starve the node's other tasks.
         tokio::task::coop::consume_budget().await;
         self.check_key(key)?;
-        let Owner::Peer(owner, url) = self.members.load().owner(key) else {
+        let Owner::Peer(owner, url) = self.members.peek().owner(key) else {
             return Ok(self.get_owned(key).await.map(|e| e.value));
         };
         if let Some(v) = self.hot_get(key).await {
@@ -967,7 +967,7 @@ impl Inner {
         if let Some(t) = ttl {
             check_ttl("ttl", t)?;
         }
-        let Owner::Peer(owner, url) = self.members.load().owner(key) else {
+        let Owner::Peer(owner, url) = self.members.peek().owner(key) else {
             return self.set_owned(key, value, ttl).await;
         };
         self.drop_hot(key).await;
@@ -981,7 +981,7 @@ impl Inner {
 
     async fn delete(&self, key: &str) -> Result<bool, Error> {
         self.check_key(key)?;
-        let Owner::Peer(owner, url) = self.members.load().owner(key) else {
+        let Owner::Peer(owner, url) = self.members.peek().owner(key) else {
             return self.delete_owned(key).await;
         };
         self.drop_hot(key).await;
@@ -993,7 +993,7 @@ impl Inner {
     async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
         tokio::task::coop::consume_budget().await;
         self.check_key(key)?;
-        let Owner::Peer(owner, url) = self.members.load().owner(key) else {
+        let Owner::Peer(owner, url) = self.members.peek().owner(key) else {
             return self.load_as_owner(key, loader).await;
         };
         if let Some(v) = self.hot_get(key).await {
@@ -1237,6 +1237,19 @@ impl DistributedCache {
     #[must_use]
     pub fn local_len(&self) -> u64 {
         self.inner.local.entry_count()
+    }
+
+    /// Bytes of keys and values held in both tiers (owned entries, replicas and hot copies).
+    /// Walks the tiers, so it costs one pass over the entries: for operators and tests, not
+    /// for a hot path.
+    #[must_use]
+    pub fn bytes_used(&self) -> u64 {
+        let tier = |t: &moka::future::Cache<String, Entry>| -> u64 {
+            t.iter()
+                .map(|(k, e)| (k.len() + e.value.len()) as u64)
+                .sum()
+        };
+        tier(&self.inner.local) + self.inner.hot.as_ref().map_or(0, tier)
     }
 
     /// Entries in both tiers (owned and hot copies), as moka counts.

@@ -161,9 +161,15 @@ impl Members {
         Self(ArcSwap::from_pointee(m))
     }
 
-    /// The snapshot to use for one whole operation.
+    /// The snapshot to use for one whole operation (it may be held across awaits).
     pub(crate) fn load(&self) -> Arc<Membership> {
         self.0.load_full()
+    }
+
+    /// The snapshot for one quick look, without touching the reference count (the hot path
+    /// of every read); not to be held across an await.
+    pub(crate) fn peek(&self) -> arc_swap::Guard<Arc<Membership>> {
+        self.0.load()
     }
 
     /// Applies `change` to the current snapshot and swaps the result in; concurrent changes

@@ -40,7 +40,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use distkit_core::{ClusterToken, Error, ErrorBody, NodeId};
+use distkit_core::{ClusterToken, Error, ErrorBody, NodeId, PeerUrl};
 use serde::Deserialize;
 
 use crate::local::Entry;
@@ -52,14 +52,9 @@ const FORWARDED_HEADER: &str = "x-distkit-forwarded";
 const MEMBERS_HEADER: &str = "x-distkit-members";
 
 pub(crate) fn check_url(id: &NodeId, url: &str) -> Result<String, Error> {
-    let url = url.trim_end_matches('/');
-    match reqwest::Url::parse(url) {
-        Ok(u) if u.scheme() == "http" && u.host().is_some() => Ok(url.to_owned()),
-        _ => Err(Error::invalid_input(
-            "peer url",
-            format!("{url:?} for {id} must look like http://host:port"),
-        )),
-    }
+    PeerUrl::parse(url)
+        .map(|u| u.as_str().to_owned())
+        .map_err(|e| Error::invalid_input("peer url", format!("for {id}: {e}")))
 }
 
 /// What the owner answered to a load claim.
@@ -515,6 +510,8 @@ pub(crate) enum PeerLoad {
 type Service = Arc<dyn PeerService>;
 
 pub(crate) fn router(service: Service) -> Router {
+    // A wrong method gets the same JSON body as every other refusal. Unknown paths are the
+    // mounting router's to answer (axum cannot merge two routers that both have a fallback).
     Router::new()
         .route(
             "/v1/peer/cache/{key}",
@@ -525,6 +522,12 @@ pub(crate) fn router(service: Service) -> Router {
         .route("/v1/peer/invalidate", post(invalidate))
         .route("/v1/peer/join", post(join))
         .route("/v1/peer/seq", get(seq))
+        .method_not_allowed_fallback(|| async {
+            error(
+                "method_not_allowed",
+                "this peer route does not take that method",
+            )
+        })
         .with_state(service)
 }
 
@@ -744,10 +747,13 @@ async fn load_key(
         PeerLoad::Retry => Err((
             StatusCode::CONFLICT,
             [(header::CONTENT_TYPE, "application/json")],
-            ErrorBody::new(
-                "conflict",
-                "the load was abandoned or timed out; claim again",
-            )
+            ErrorBody {
+                retryable: true,
+                ..ErrorBody::new(
+                    "conflict",
+                    "the load was abandoned or its lease ended; claim again",
+                )
+            }
             .to_json(),
         )
             .into_response()),

@@ -78,6 +78,17 @@ impl RedlockBuilder {
                 "at least one url is needed (use 3 or 5 independent servers)",
             ));
         }
+        let mut seen = std::collections::HashSet::new();
+        for u in &self.urls {
+            if !seen.insert(u.trim_end_matches('/')) {
+                return Err(Error::invalid_input(
+                    "redlock servers",
+                    format!(
+                        "{u:?} is listed twice; each vote must come from an independent server"
+                    ),
+                ));
+            }
+        }
         validate_ttl(self.ttl)?;
         if self.node_timeout.is_zero() || self.node_timeout >= self.ttl {
             return Err(Error::invalid_input(

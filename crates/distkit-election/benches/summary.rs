@@ -31,7 +31,7 @@ fn main() {
     let mut failover = Vec::with_capacity(trials);
     let mut rng = StdRng::seed_from_u64(42);
     for seed in 0..trials as u64 {
-        let mut sim = Sim::new(seed, SimConfig::default());
+        let mut sim = Sim::new(seed, SimConfig::default()).unwrap();
         sim.run_for(Duration::from_millis(800));
         let Some(old) = sim.leader() else { continue };
         sim.run_for(Duration::from_micros(rng.random_range(0..50_000)));
@@ -91,7 +91,7 @@ fn main() {
     // PreVote: a node isolated for 10 s rejoins; terms gained by the cluster.
     let mut bumps = 0u64;
     for seed in 0..20 {
-        let mut sim = Sim::new(seed, SimConfig::default());
+        let mut sim = Sim::new(seed, SimConfig::default()).unwrap();
         sim.run_for(Duration::from_secs(1));
         let Some(l) = sim.leader() else { continue };
         sim.isolate((l + 1) % 5);
@@ -111,7 +111,7 @@ fn main() {
     // CheckQuorum: an isolated leader steps down.
     let mut stepdown = Vec::new();
     for seed in 0..200 {
-        let mut sim = Sim::new(seed, SimConfig::default());
+        let mut sim = Sim::new(seed, SimConfig::default()).unwrap();
         sim.run_for(Duration::from_secs(1));
         let Some(l) = sim.leader() else { continue };
         sim.isolate(l);

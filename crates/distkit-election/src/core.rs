@@ -160,8 +160,24 @@ impl Election {
     /// start as contact with a leader, so it grants no vote within the minimum election
     /// timeout (it may have acknowledged a leader's lease just before going down). A node
     /// without peers (a cluster of one) elects itself on its first [`tick`](Self::tick).
+    ///
+    /// A persisted term above [`Term::MAX`] (only a damaged or hand-edited store holds one)
+    /// is read as [`Term::MAX`] with its vote kept: the node then never campaigns and votes
+    /// at most once more, for the candidate it already voted for.
     #[must_use]
     pub fn new(cfg: Config, hs: HardState, now: Duration, random: f64) -> Self {
+        let hs = if hs.term.is_valid() {
+            hs
+        } else {
+            tracing::error!(
+                term = hs.term.get(),
+                "the stored term is above the largest valid term; using the largest"
+            );
+            HardState {
+                term: Term::MAX,
+                ..hs
+            }
+        };
         let mut e = Self {
             cfg,
             hs,

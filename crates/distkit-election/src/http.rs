@@ -17,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use distkit_core::{ClusterToken, Error, ErrorBody, NodeId};
+use distkit_core::{ClusterToken, Error, ErrorBody, NodeId, PeerUrl};
 
 use crate::Envelope;
 use crate::runtime::{Inbox, Transport};
@@ -60,19 +60,20 @@ impl HttpTransport {
                 ),
             ));
         }
-        let peers: HashMap<NodeId, String> = peers
-            .into_iter()
-            .map(|(id, url)| {
-                let url = url.trim_end_matches('/').to_owned();
-                if !url.starts_with("http://") || url.len() <= "http://".len() {
-                    return Err(Error::invalid_input(
-                        "peer url",
-                        format!("{url:?} for {id} must look like http://host:port"),
-                    ));
-                }
-                Ok((id, url))
-            })
-            .collect::<Result<_, _>>()?;
+        let mut checked: HashMap<NodeId, String> = HashMap::new();
+        for (id, url) in peers {
+            let url = PeerUrl::parse(&url)?;
+            if checked
+                .insert(id.clone(), url.as_str().to_owned())
+                .is_some()
+            {
+                return Err(Error::invalid_input(
+                    "peer",
+                    format!("{id} is listed twice"),
+                ));
+            }
+        }
+        let peers = checked;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -154,6 +155,11 @@ pub fn http_router(inbox: Inbox, token: impl Into<String>) -> Router {
     };
     Router::new()
         .route(MESSAGE_PATH, post(receive))
+        // Unknown paths are the mounting router's to answer (axum cannot merge two routers
+        // that both have a fallback); a wrong method gets the JSON error body here.
+        .method_not_allowed_fallback(|| async {
+            ErrorBody::new("method_not_allowed", "election messages are POSTed")
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

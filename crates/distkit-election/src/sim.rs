@@ -22,20 +22,21 @@
 //! use std::time::Duration;
 //! use distkit_election::sim::{Sim, SimConfig};
 //!
-//! let mut sim = Sim::new(7, SimConfig::default());
+//! let mut sim = Sim::new(7, SimConfig::default())?;
 //! sim.run_for(Duration::from_secs(2));
 //! let leader = sim.leader().expect("a leader within two seconds");
 //! sim.crash(leader);
 //! sim.run_for(Duration::from_secs(1));
 //! assert!(sim.leader().is_some_and(|l| l != leader));
 //! assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+//! # Ok::<(), distkit_core::Error>(())
 //! ```
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::time::Duration;
 
-use distkit_core::{NodeId, Role, Term};
+use distkit_core::{Error, NodeId, Role, Term};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -80,6 +81,31 @@ impl Default for SimConfig {
             lease_drift: None,
             hostile: false,
         }
+    }
+}
+
+impl SimConfig {
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |reason: String| Err(Error::invalid_input("simulation config", reason));
+        if !(1..=1000).contains(&self.nodes) {
+            return bad(format!("nodes must be from 1 to 1,000, got {}", self.nodes));
+        }
+        let hour = Duration::from_secs(3600);
+        if self.delay.0 > self.delay.1 || self.delay.1 > hour {
+            return bad(format!(
+                "the delay range must satisfy min <= max <= 1 h, got {:?}..{:?}",
+                self.delay.0, self.delay.1
+            ));
+        }
+        if !(0.0..=0.5).contains(&self.drift) {
+            return bad(format!("drift must be in [0, 0.5], got {}", self.drift));
+        }
+        for (what, p) in [("loss", self.loss), ("duplicate", self.duplicate)] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("{what} must be a probability in [0, 1], got {p}"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -139,8 +165,15 @@ pub struct Sim {
 
 impl Sim {
     /// A cluster of `cfg.nodes` started at time zero from empty vote stores.
-    #[must_use]
-    pub fn new(seed: u64, cfg: SimConfig) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a configuration no run could use: no nodes (or more than
+    /// 1,000), a delay range with `min > max` or over an hour, a drift outside `[0, 0.5]`,
+    /// a loss or duplication probability outside `[0, 1]`, or election settings the
+    /// [`Config`] builder refuses.
+    pub fn new(seed: u64, cfg: SimConfig) -> Result<Self, Error> {
+        cfg.validate()?;
         let mut rng = StdRng::seed_from_u64(seed);
         let ids: Vec<NodeId> = (0..cfg.nodes)
             .map(|i| NodeId::new(format!("n{i}")).unwrap_or_else(|_| unreachable!("valid id")))
@@ -163,10 +196,8 @@ impl Sim {
                 if let Some(d) = cfg.lease_drift {
                     b = b.lease_drift(d);
                 }
-                let c = b
-                    .build()
-                    .unwrap_or_else(|e| panic!("simulation config: {e}"));
-                SimNode {
+                let c = b.build()?;
+                Ok(SimNode {
                     id: id.clone(),
                     cfg: c,
                     core: None,
@@ -175,9 +206,9 @@ impl Sim {
                     offset: Duration::from_millis(rng.random_range(0..1_000_000)),
                     timer_version: 0,
                     last_term: Term::ZERO,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, Error>>()?;
         let index = ids
             .iter()
             .cloned()
@@ -203,7 +234,7 @@ impl Sim {
         for i in 0..sim.nodes.len() {
             sim.restart(i);
         }
-        sim
+        Ok(sim)
     }
 
     /// The simulated (global) time.
@@ -236,8 +267,11 @@ impl Sim {
         msg: Message,
         delay: Duration,
     ) {
+        if to >= self.nodes.len() {
+            return;
+        }
         self.push(
-            self.now + delay,
+            self.now.saturating_add(delay),
             Event::Deliver {
                 from,
                 to,
@@ -335,14 +369,19 @@ impl Sim {
         &mut self.rng
     }
 
-    /// Crashes node `i`: it loses everything but its vote store.
+    /// Crashes node `i`: it loses everything but its vote store. No such node: nothing.
     pub fn crash(&mut self, i: usize) {
-        self.nodes[i].core = None;
-        self.nodes[i].timer_version += 1;
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.core = None;
+            n.timer_version += 1;
+        }
     }
 
-    /// (Re)starts node `i` from its vote store.
+    /// (Re)starts node `i` from its vote store. No such node: nothing.
     pub fn restart(&mut self, i: usize) {
+        if i >= self.nodes.len() {
+            return;
+        }
         let hs = self.nodes[i].store.load().unwrap_or_default();
         let local = self.local(i);
         let r = self.rng.random::<f64>();
@@ -350,10 +389,10 @@ impl Sim {
         self.schedule_timer(i);
     }
 
-    /// Whether node `i` is up.
+    /// Whether node `i` is up (false for a node that does not exist).
     #[must_use]
     pub fn is_up(&self, i: usize) -> bool {
-        self.nodes[i].core.is_some()
+        self.nodes.get(i).is_some_and(|n| n.core.is_some())
     }
 
     /// Cuts both directions between `i` and every other node.
@@ -387,10 +426,10 @@ impl Sim {
         self.cut.clear();
     }
 
-    /// Node `i`'s core, when up.
+    /// Node `i`'s core, when it exists and is up.
     #[must_use]
     pub fn node(&self, i: usize) -> Option<&Election> {
-        self.nodes[i].core.as_ref()
+        self.nodes.get(i)?.core.as_ref()
     }
 
     /// Up nodes that consider themselves leader.
@@ -432,7 +471,7 @@ impl Sim {
 
     /// Runs for `d` of global time.
     pub fn run_for(&mut self, d: Duration) {
-        self.run_until(self.now + d);
+        self.run_until(self.now.saturating_add(d));
     }
 
     /// Runs until `done` holds (checked after every event) or `limit` passes; returns the
@@ -442,7 +481,7 @@ impl Sim {
         limit: Duration,
         mut done: impl FnMut(&Sim) -> bool,
     ) -> Option<Duration> {
-        let until = self.now + limit;
+        let until = self.now.saturating_add(limit);
         while self.step_one(until) {
             if done(self) {
                 return Some(self.now);
@@ -680,7 +719,10 @@ pub fn chaos_run_with(seed: u64, cfg: SimConfig) -> Vec<String> {
     let (max_timeout, max_delay) = (cfg.timeout.1, cfg.delay.1);
     let n = cfg.nodes;
     let hostile = cfg.hostile;
-    let mut sim = Sim::new(seed, cfg);
+    let mut sim = match Sim::new(seed, cfg) {
+        Ok(sim) => sim,
+        Err(e) => return vec![format!("seed {seed}: {e}")],
+    };
     for _ in 0..12 {
         let span = Duration::from_millis(sim.rng().random_range(50..400));
         if hostile {

@@ -131,10 +131,14 @@ impl VoteStore for FileVoteStore {
             .map(NodeId::new)
             .transpose()
             .map_err(|e| self.err(format!("the vote file names an invalid node: {e}"), None))?;
-        Ok(HardState {
-            term: Term::new(disk.term),
-            voted_for,
-        })
+        let term = Term::new(disk.term);
+        if !term.is_valid() {
+            return Err(self.err(
+                format!("the vote file holds term {term}, above the largest valid term"),
+                None,
+            ));
+        }
+        Ok(HardState { term, voted_for })
     }
 
     fn save(&self, state: &HardState) -> Result<(), Error> {

@@ -149,10 +149,21 @@ impl Locator for JumpHash {
             }
             next += 1;
         }
-        Ok(out
+        // A node listed in several buckets counts once: replicas are distinct nodes.
+        let mut ids: Vec<NodeId> = Vec::with_capacity(want);
+        for b in out
             .into_iter()
-            .map(|b| self.shards[b as usize].clone())
-            .collect())
+            .chain(0..count)
+            .map(|b| &self.shards[b as usize])
+        {
+            if ids.len() == want {
+                break;
+            }
+            if !ids.contains(b) {
+                ids.push(b.clone());
+            }
+        }
+        Ok(ids)
     }
 
     fn node_count(&self) -> usize {
@@ -195,6 +206,17 @@ mod tests {
             JumpHash::new(Vec::new()).bucket(b"k"),
             Err(RingError::Empty)
         );
+    }
+
+    #[test]
+    fn a_node_listed_twice_is_one_replica() {
+        let (a, b) = (NodeId::new("a").unwrap(), NodeId::new("b").unwrap());
+        let j = JumpHash::new(vec![a.clone(), a, b]);
+        for k in 0..100u32 {
+            let r = Locator::replicas(&j, &k.to_le_bytes(), usize::MAX).unwrap();
+            assert_eq!(r.len(), 2, "{r:?}");
+            assert_ne!(r[0], r[1]);
+        }
     }
 
     #[test]

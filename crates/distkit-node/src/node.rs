@@ -135,6 +135,12 @@ pub async fn run(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this route does not take that method",
+            )
+        })
         .with_state(app.clone())
         .merge(http_router(app.elector.inbox(), app.settings.token.clone()))
         .merge(app.cache.router());

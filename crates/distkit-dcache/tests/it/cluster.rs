@@ -475,6 +475,15 @@ async fn bad_peer_input_is_refused_with_json_errors() {
                 .bearer_auth(TOKEN),
             400,
         ),
+        (
+            http.delete(format!("{base}/v1/peer/seq"))
+                .bearer_auth(TOKEN),
+            405,
+        ),
+        (
+            http.get(format!("{base}/v1/peer/join")).bearer_auth(TOKEN),
+            405,
+        ),
     ];
     for (i, (req, want)) in cases.into_iter().enumerate() {
         let resp = req.send().await.unwrap();
@@ -932,4 +941,41 @@ async fn replica_acknowledgements_are_counted() {
             .build()
             .is_err()
     );
+}
+
+/// The first version failed every co-follower on a non-owner at once ("the coalesced load
+/// was dropped") when one of them was cancelled. A follower that goes away just leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_follower_leaves_the_others_alone() {
+    let c = cluster(2, false).await;
+    let key = key_owned_by(&c, 0, "follow");
+    let loads = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let (cache, key) = (c.caches[1].clone(), key.clone());
+        let l = loader_counting(loads.clone(), "v", Duration::from_millis(200));
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 1 {
+                // Followers that give up early.
+                tokio::time::timeout(Duration::from_millis(50), cache.get_or_load(&key, l))
+                    .await
+                    .ok()
+            } else {
+                Some(cache.get_or_load(&key, l).await)
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Some(r) => assert_eq!(&r.unwrap()[..], b"v", "caller {i}"),
+            None => assert_eq!(i % 2, 1, "only the cancelled ones gave up"),
+        }
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert!(
+        c.caches[1].bytes_used() == 0,
+        "a non-owner keeps no copy without hot copies"
+    );
+    assert!(c.caches[0].bytes_used() >= (key.len() + 1) as u64);
 }

@@ -127,3 +127,19 @@ fn bad_settings() {
             .is_err()
     );
 }
+
+/// Found by an outside review: the same server listed three times made a Redlock that could
+/// never grant ("busy"). It is refused at build time.
+#[test]
+fn the_same_server_twice_is_refused() {
+    let urls = [
+        "redis://127.0.0.1:1/",
+        "redis://127.0.0.1:1",
+        "redis://127.0.0.1:2/",
+    ];
+    let r = distkit_dlock::Redlock::builder(urls).build();
+    assert!(
+        matches!(r, Err(distkit_core::Error::InvalidInput { .. })),
+        "{r:?}"
+    );
+}

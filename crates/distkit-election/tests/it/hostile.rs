@@ -131,7 +131,7 @@ fn extreme_vote_requests_in_a_five_node_cluster_break_no_safety_property() {
         (3, Term::MAX.get()),
         (4, Term::MAX.get() - 1),
     ] {
-        let mut sim = Sim::new(seed, SimConfig::default());
+        let mut sim = Sim::new(seed, SimConfig::default()).unwrap();
         sim.run_for(Duration::from_secs(1));
         let leader = sim.leader().expect("a leader");
         let victim = (leader + 1) % 5;
@@ -344,4 +344,119 @@ proptest! {
             }
         }
     }
+}
+
+/// A stored term above `Term::MAX` (a damaged store) is read as `Term::MAX` with its vote
+/// kept: the node never campaigns and never sends a term its peers would refuse.
+#[test]
+fn a_stored_term_above_the_limit_is_read_as_the_limit() {
+    let hs = HardState {
+        term: Term::new(u64::MAX),
+        voted_for: Some(id("b")),
+    };
+    let mut e = Election::new(three("a"), hs, ms(0), 0.5);
+    assert_eq!(e.hard_state().term, Term::MAX);
+    let mut now = ms(0);
+    for _ in 0..100 {
+        now += ms(400);
+        let out = e.tick(now, 0.5);
+        assert!(out.send.iter().all(|(_, m)| m.term().is_valid()));
+        let out = e
+            .step(
+                now,
+                &id("c"),
+                Message::Vote {
+                    term: Term::MAX,
+                    transfer: true,
+                },
+                0.5,
+            )
+            .unwrap();
+        assert!(
+            out.send.iter().all(|(_, m)| m.term().is_valid()
+                && !matches!(m, Message::VoteReply { granted: true, .. }))
+        );
+    }
+}
+
+/// Found by an outside review: the public simulator panicked or hung on out-of-range input.
+#[test]
+fn the_simulator_refuses_bad_settings_and_ignores_unknown_nodes() {
+    let bad = [
+        SimConfig {
+            nodes: 0,
+            ..SimConfig::default()
+        },
+        SimConfig {
+            delay: (ms(20), ms(1)),
+            ..SimConfig::default()
+        },
+        SimConfig {
+            delay: (Duration::MAX, Duration::MAX),
+            ..SimConfig::default()
+        },
+        SimConfig {
+            drift: f64::NAN,
+            ..SimConfig::default()
+        },
+        SimConfig {
+            drift: 2.0,
+            ..SimConfig::default()
+        },
+        SimConfig {
+            loss: -0.1,
+            ..SimConfig::default()
+        },
+        SimConfig {
+            timeout: (ms(300), ms(150)),
+            ..SimConfig::default()
+        },
+    ];
+    for cfg in bad {
+        assert!(Sim::new(1, cfg.clone()).is_err(), "{cfg:?}");
+    }
+    let mut sim = Sim::new(1, SimConfig::default()).unwrap();
+    sim.crash(99);
+    sim.restart(99);
+    assert!(!sim.is_up(99));
+    assert!(sim.node(99).is_none());
+    sim.inject(
+        id("n0"),
+        99,
+        id("n0"),
+        Message::PreVote { term: Term::new(1) },
+        ms(1),
+    );
+    sim.run_for(ms(500));
+    assert!(sim.violations().is_empty());
+}
+
+/// Found by an outside review: the HTTP transport took peer URLs its docs say it refuses,
+/// and a peer listed twice.
+#[test]
+fn the_transport_refuses_bad_peer_urls_and_duplicates() {
+    for url in [
+        "http://a:99999",
+        "http://h",
+        "http://h:1/path",
+        "http://h:1?x=1",
+        "http://user:pw@h:1",
+        "http:// h:1",
+        "http://h:1\n",
+        "http://h\u{202e}:1",
+        "https://h:1",
+    ] {
+        let r = distkit_election::HttpTransport::new([(id("b"), url.to_owned())], "t", ms(100));
+        assert!(r.is_err(), "{url:?}");
+    }
+    let host = "a".repeat(1 << 20);
+    assert!(
+        distkit_election::HttpTransport::new([(id("b"), format!("http://{host}:1"))], "t", ms(100))
+            .is_err()
+    );
+    let twice = [
+        (id("b"), "http://127.0.0.1:1".to_owned()),
+        (id("b"), "http://127.0.0.1:2".to_owned()),
+    ];
+    assert!(distkit_election::HttpTransport::new(twice, "t", ms(100)).is_err());
 }

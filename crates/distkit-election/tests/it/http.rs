@@ -200,6 +200,9 @@ async fn bad_http_input_is_refused_without_state_change() {
         (http.post(&url).bearer_auth(TOKEN).json(&vote("node-0", "someone-else")), 400),
         (http.post(&url).bearer_auth(TOKEN).header("content-type", "application/json").body(vec![b' '; 64 * 1024]), 413),
         (http.post(&url).bearer_auth(TOKEN).json(&serde_json::json!({"from": "node-0", "to": to, "msg": {"type": "vote", "term": -1}})), 400),
+        // A wrong method gets the JSON error body too.
+        (http.get(&url).bearer_auth(TOKEN), 405),
+        (http.put(&url).bearer_auth(TOKEN).body("{}"), 405),
         // Terms above Term::MAX (2^63 - 1) are refused before they reach the core.
         (http.post(&url).bearer_auth(TOKEN).json(&serde_json::json!({"from": "node-0", "to": to, "msg": {"type": "vote", "term": u64::MAX, "transfer": true}})), 400),
         (http.post(&url).bearer_auth(TOKEN).json(&serde_json::json!({"from": "node-0", "to": to, "msg": {"type": "heartbeat", "term": 1u64 << 63, "sent_at_us": 0}})), 400),

@@ -60,7 +60,7 @@ fn chaos_runs_with_a_hostile_peer_stay_safe() {
 
 #[test]
 fn a_crashed_leader_is_replaced_quickly() {
-    let mut sim = Sim::new(1, SimConfig::default());
+    let mut sim = Sim::new(1, SimConfig::default()).unwrap();
     sim.run_for(Duration::from_secs(1));
     let old = sim.leader().expect("a leader");
     let term = sim.node(old).unwrap().hard_state().term;
@@ -82,7 +82,7 @@ fn a_crashed_leader_is_replaced_quickly() {
 
 #[test]
 fn prevote_keeps_a_rejoining_node_from_raising_the_term() {
-    let mut sim = Sim::new(3, SimConfig::default());
+    let mut sim = Sim::new(3, SimConfig::default()).unwrap();
     sim.run_for(Duration::from_secs(1));
     let leader = sim.leader().unwrap();
     let lonely = (leader + 1) % 5;
@@ -108,7 +108,8 @@ fn without_prevote_a_rejoining_node_does_raise_the_term() {
             pre_vote: false,
             ..SimConfig::default()
         },
-    );
+    )
+    .unwrap();
     sim.run_for(Duration::from_secs(1));
     let leader = sim.leader().unwrap();
     sim.isolate((leader + 1) % 5);
@@ -119,7 +120,7 @@ fn without_prevote_a_rejoining_node_does_raise_the_term() {
 
 #[test]
 fn an_isolated_leader_steps_down_within_the_max_timeout() {
-    let mut sim = Sim::new(5, SimConfig::default());
+    let mut sim = Sim::new(5, SimConfig::default()).unwrap();
     sim.run_for(Duration::from_secs(1));
     let leader = sim.leader().unwrap();
     sim.isolate(leader);
@@ -136,7 +137,7 @@ fn an_isolated_leader_steps_down_within_the_max_timeout() {
 
 #[test]
 fn a_node_restarted_from_its_store_keeps_term_and_vote() {
-    let mut sim = Sim::new(9, SimConfig::default());
+    let mut sim = Sim::new(9, SimConfig::default()).unwrap();
     sim.run_for(Duration::from_secs(1));
     let l = sim.leader().unwrap();
     let other = (l + 2) % 5;
@@ -159,7 +160,7 @@ fn the_checker_catches_leases_that_ignore_clock_drift() {
     };
     let mut caught = 0;
     for seed in 0..300u64 {
-        let mut sim = Sim::new(seed, cfg.clone());
+        let mut sim = Sim::new(seed, cfg.clone()).unwrap();
         sim.run_for(Duration::from_millis(500));
         if let Some(l) = sim.leader() {
             sim.isolate(l);
@@ -185,7 +186,7 @@ fn the_default_drift_allowance_prevents_those_overlaps() {
         ..SimConfig::default()
     };
     for seed in 0..300u64 {
-        let mut sim = Sim::new(seed, cfg.clone());
+        let mut sim = Sim::new(seed, cfg.clone()).unwrap();
         sim.run_for(Duration::from_millis(500));
         if let Some(l) = sim.leader() {
             sim.isolate(l);
@@ -210,7 +211,7 @@ fn the_hostile_member_is_refused_where_it_must_be_and_breaks_nothing() {
             hostile: true,
             ..SimConfig::default()
         };
-        let mut sim = Sim::new(seed, cfg);
+        let mut sim = Sim::new(seed, cfg).unwrap();
         for _ in 0..20 {
             for _ in 0..20 {
                 sim.hostile_act(Duration::from_millis(100));
