@@ -5,7 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -16,7 +16,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use distkit_core::{
-    AcquireOptions, DistributedLock, Error, ErrorBody, LeaderElector, LockGuard, LockToken, NodeId,
+    AcquireOptions, DistributedLock, Error, ErrorBody, FencingToken, LeaderElector, Lease,
+    LockToken, NodeId,
 };
 use distkit_dcache::DistributedCache;
 use distkit_dlock::{LocalLock, RedisLock, Redlock};
@@ -35,7 +36,8 @@ struct App {
     cache: DistributedCache,
     locks: Arc<dyn DistributedLock>,
     lock_backend: &'static str,
-    held: Mutex<HashMap<(String, LockToken), LockGuard>>,
+    /// Set when shutdown starts: new lock grants are refused from then on.
+    stopping: std::sync::atomic::AtomicBool,
     http: reqwest::Client,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
@@ -117,7 +119,7 @@ pub async fn run(
         cache,
         locks,
         lock_backend,
-        held: Mutex::new(HashMap::new()),
+        stopping: std::sync::atomic::AtomicBool::new(false),
         metrics,
     });
     let router = Router::new()
@@ -156,21 +158,14 @@ pub async fn run(
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
-            tracing::info!("shutting down: resigning and releasing held locks");
+            tracing::info!("shutting down: refusing new lock grants and resigning");
+            stopping
+                .stopping
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = stopping.elector.resign().await;
         })
         .await
         .map_err(|e| Error::unavailable("listener", "the server failed", e))?;
-    let guards: Vec<LockGuard> = app
-        .held
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .drain()
-        .map(|(_, g)| g)
-        .collect();
-    for g in guards {
-        let _ = g.release().await;
-    }
     app.elector.shutdown().await;
     maintenance.shutdown().await;
     Ok(())
@@ -319,35 +314,47 @@ async fn lock_acquire(
     if let Some(ms) = req.wait_ms {
         opts = opts.wait(Duration::from_millis(ms.min(60_000)));
     }
+    if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(shutting_down());
+    }
     let guard = app.locks.acquire_with(&name, opts).await.map_err(failed)?;
+    if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        // Shutdown began while this waited: hand back what was just granted.
+        let _ = guard.release().await;
+        return Err(shutting_down());
+    }
     let body = serde_json::json!({
         "name": name,
         "token": guard.token().to_string(),
         "fencing_token": guard.fencing_token().get(),
         "ttl_ms": guard.lease().ttl().as_millis() as u64,
     });
-    app.held
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert((name, guard.token()), guard);
+    // The node keeps no state for the grant: the lease lives in the backend until the client
+    // releases or extends it (through any node) or its TTL ends.
+    drop(guard.into_lease());
     Ok(axum::Json(body).into_response())
 }
 
-fn held_guard(app: &App, name: &str, token: Option<&str>) -> Result<LockGuard, Response> {
+fn shutting_down() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this node is shutting down; acquire through another node",
+    )
+}
+
+/// The lease a client names by lock name and token (the node kept no state for it).
+fn named_lease(name: &str, token: Option<&str>, ttl: Duration) -> Result<Lease, Response> {
     let token: LockToken = token
         .ok_or_else(|| error(StatusCode::BAD_REQUEST, "the body needs the lock's token"))?
         .parse()
-        .map_err(|e: Error| error(StatusCode::BAD_REQUEST, &e.to_string()))?;
-    app.held
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&(name.to_owned(), token))
-        .ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                "no lock with that name and token is held through this node",
-            )
-        })
+        .map_err(|e: Error| e.into_response())?;
+    Ok(Lease::new(
+        name,
+        token,
+        FencingToken::default(),
+        ttl,
+        std::time::Instant::now(),
+    ))
 }
 
 async fn lock_release(
@@ -357,8 +364,8 @@ async fn lock_release(
 ) -> Reply {
     let name = path(name)?;
     let req: TokenBody = json_body(body).await?;
-    let guard = held_guard(&app, &name, req.token.as_deref())?;
-    let released = guard.release().await.map_err(failed)?;
+    let lease = named_lease(&name, req.token.as_deref(), Duration::ZERO)?;
+    let released = app.locks.release(&lease).await.map_err(failed)?;
     Ok(axum::Json(serde_json::json!({ "released": released })).into_response())
 }
 
@@ -369,19 +376,12 @@ async fn lock_extend(
 ) -> Reply {
     let name = path(name)?;
     let req: TokenBody = json_body(body).await?;
-    let mut guard = held_guard(&app, &name, req.token.as_deref())?;
     let ttl = Duration::from_millis(req.ttl_ms.unwrap_or(30_000));
-    if let Err(e) = guard.extend(ttl).await {
-        // Lost: forget it (dropping releases nothing that is not ours).
-        drop(guard.into_lease());
-        return Err(failed(e));
-    }
-    app.held
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert((name, guard.token()), guard);
+    let mut lease = named_lease(&name, req.token.as_deref(), ttl)?;
+    // A refused TTL is an error that changes nothing: the lease stays as it was.
+    let extended = app.locks.extend(&mut lease, ttl).await.map_err(failed)?;
     Ok(
-        axum::Json(serde_json::json!({ "extended": true, "ttl_ms": ttl.as_millis() as u64 }))
+        axum::Json(serde_json::json!({ "extended": extended, "ttl_ms": ttl.as_millis() as u64 }))
             .into_response(),
     )
 }
