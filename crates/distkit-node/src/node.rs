@@ -97,10 +97,27 @@ pub async fn run(
     .build()?;
     let store = FileVoteStore::new(settings.data_dir.join("vote.json"));
     let elector = Elector::start(cfg, Arc::new(store), Arc::new(transport))?;
-    let mut cache = DistributedCache::builder(settings.id.clone())
-        .max_entries(settings.cache_entries)
-        .replicas(settings.replicas)
-        .token(settings.token.clone());
+    match settings.cache_capacity {
+        distkit_dcache::Capacity::Bytes(b) => {
+            tracing::info!(
+                bytes = b,
+                "the cache is capped at {b} bytes of keys and values"
+            );
+        }
+        distkit_dcache::Capacity::Entries(n) => {
+            tracing::info!(
+                entries = n,
+                "the cache is capped at {n} entries, whatever their size"
+            );
+        }
+    }
+    let cache = DistributedCache::builder(settings.id.clone());
+    let mut cache = match settings.cache_capacity {
+        distkit_dcache::Capacity::Bytes(b) => cache.max_bytes(b),
+        distkit_dcache::Capacity::Entries(n) => cache.max_entries(n),
+    }
+    .replicas(settings.replicas)
+    .token(settings.token.clone());
     if let Some(ttl) = settings.cache_ttl {
         cache = cache.ttl(ttl);
     }

@@ -8,6 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use distkit_core::{Error, NodeId};
 use serde::Deserialize;
 
+/// The cache's default cap: 256 MiB of keys and values, whatever their count (the first
+/// version's 100,000 entries allowed 100 GiB of 1 MiB values).
+pub(crate) const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// `distkit-node`: one node of a distkit cluster.
 ///
 /// A node runs leader election (Raft-style, over HTTP), a distributed cache peer and a lock
@@ -65,9 +69,13 @@ pub struct NodeArgs {
     /// Directory for the durable election vote (created if missing).
     #[arg(long, env = "DISTKIT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Cache capacity in entries.
+    /// Cache capacity in entries (instead of the default byte cap).
     #[arg(long, env = "DISTKIT_CACHE_ENTRIES")]
     pub cache_entries: Option<u64>,
+    /// Cache capacity in bytes of keys and values (default 256 MiB; hot copies and replicas
+    /// included).
+    #[arg(long, env = "DISTKIT_CACHE_BYTES")]
+    pub cache_bytes: Option<u64>,
     /// Default cache TTL in milliseconds (0: none).
     #[arg(long, env = "DISTKIT_CACHE_TTL_MS")]
     pub cache_ttl_ms: Option<u64>,
@@ -114,6 +122,7 @@ struct LocksConfig {
 #[serde(deny_unknown_fields)]
 struct CacheConfig {
     max_entries: Option<u64>,
+    max_bytes: Option<u64>,
     ttl_ms: Option<u64>,
     replicas: Option<usize>,
 }
@@ -152,8 +161,8 @@ pub struct Settings {
     pub locks: LockBackend,
     /// Vote directory.
     pub data_dir: PathBuf,
-    /// Cache capacity.
-    pub cache_entries: u64,
+    /// Cache capacity: bytes by default, entries when asked for.
+    pub cache_capacity: distkit_dcache::Capacity,
     /// Default cache TTL.
     pub cache_ttl: Option<Duration>,
     /// Copies of each cache value.
@@ -243,10 +252,19 @@ impl Settings {
             peers,
             locks,
             data_dir,
-            cache_entries: args
-                .cache_entries
-                .or(file.cache.max_entries)
-                .unwrap_or(100_000),
+            cache_capacity: match (
+                args.cache_entries.or(file.cache.max_entries),
+                args.cache_bytes.or(file.cache.max_bytes),
+            ) {
+                (Some(n), None) => distkit_dcache::Capacity::Entries(n),
+                (None, b) => distkit_dcache::Capacity::Bytes(b.unwrap_or(DEFAULT_CACHE_BYTES)),
+                (Some(_), Some(_)) => {
+                    return Err(Error::invalid_input(
+                        "cache capacity",
+                        "give entries or bytes, not both",
+                    ));
+                }
+            },
             cache_ttl: (ttl_ms > 0).then(|| ms(ttl_ms)),
             replicas: args.replicas.or(file.cache.replicas).unwrap_or(1),
             election_timeout: (
@@ -297,7 +315,24 @@ max_entries = 5
             s.locks,
             LockBackend::Redis("redis://127.0.0.1:6379/".into())
         );
-        assert_eq!(s.cache_entries, 5);
+        assert_eq!(s.cache_capacity, distkit_dcache::Capacity::Entries(5));
+        // Without a word about the cache, it is capped in bytes; entries and bytes together
+        // are refused.
+        let plain = NodeArgs {
+            id: Some("n".into()),
+            ..NodeArgs::default()
+        };
+        assert_eq!(
+            Settings::resolve(&plain).unwrap().cache_capacity,
+            distkit_dcache::Capacity::Bytes(DEFAULT_CACHE_BYTES)
+        );
+        let both = NodeArgs {
+            id: Some("n".into()),
+            cache_entries: Some(5),
+            cache_bytes: Some(5),
+            ..NodeArgs::default()
+        };
+        assert!(Settings::resolve(&both).is_err());
         std::fs::write(&path, "bogus = 1").unwrap();
         assert!(
             Settings::resolve(&args).is_err(),
