@@ -755,3 +755,80 @@ async fn an_acquire_waiting_at_shutdown_gets_503_and_holds_nothing() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+fn spawn_solo(port: u16, data: &std::path::Path) -> Child {
+    Command::new(NODE)
+        .args(["--id", "solo", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .env_remove("DISTKIT_PEERS")
+        .env_remove("DISTKIT_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the node binary starts")
+}
+
+/// Slowloris: the first version let one client that never finished its headers keep a node
+/// alive 30 to 62 s after SIGTERM, and closed none of 200 such clients in 30 s. Headers must
+/// now arrive within 5 s, and shutdown is bounded as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_cut_and_cannot_hold_shutdown() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let port = distkit_testkit::free_port().unwrap();
+    let mut child = spawn_solo(port, dir.path());
+    let u = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    while status(&http, &u).await.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the node did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slow = |n: usize| -> Vec<std::net::TcpStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s
+            })
+            .collect()
+    };
+    // Each slow client is disconnected once the header time is up (5 s), with no shutdown.
+    let mut first = slow(20);
+    let cut = Instant::now();
+    for s in &mut first {
+        let mut buf = [0u8; 256];
+        // EOF, a reset, or a 408 written before the close: anything but a hang.
+        let _ = s.read(&mut buf);
+    }
+    assert!(
+        cut.elapsed() < Duration::from_secs(9),
+        "slow clients held on for {:?}",
+        cut.elapsed()
+    );
+    // Meanwhile the node serves everyone else.
+    assert!(status(&http, &u).await.is_some());
+    // A fresh batch of slow clients cannot hold shutdown open.
+    let _second = slow(20);
+    signal(child.id(), "TERM").unwrap();
+    let stopping = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(12),
+            "the node was still running {:?} after SIGTERM",
+            stopping.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -172,20 +172,76 @@ pub async fn run(
     })?;
     tracing::info!(addr = %app.settings.listen, "listening");
     let stopping = app.clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: refusing new lock grants and resigning");
-            stopping
-                .stopping
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-            let _ = stopping.elector.resign().await;
-        })
-        .await
-        .map_err(|e| Error::unavailable("listener", "the server failed", e))?;
+    serve(listener, router, async move {
+        shutdown.await;
+        tracing::info!("shutting down: refusing new lock grants and resigning");
+        stopping
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = stopping.elector.resign().await;
+    })
+    .await;
     app.elector.shutdown().await;
     maintenance.shutdown().await;
     Ok(())
+}
+
+/// How long a client may take to send a request's headers; a slower one is disconnected.
+const HEADER_READ: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's body.
+const BODY_READ: Duration = Duration::from_secs(10);
+/// How long requests in flight may go on after shutdown began; then they are cut.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `shutdown` completes, then lets the requests in flight finish
+/// for at most [`DRAIN`]. Every phase is bounded: headers within [`HEADER_READ`] (hyper's
+/// timer closes a connection that sends them slowly or not at all, so a half-sent request
+/// can no longer hold a node open), bodies within [`BODY_READ`] (in the handlers), idle
+/// keep-alive connections are closed at once at shutdown.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(router.clone());
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ)
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight {DRAIN:?} after shutdown began; cutting them off");
+    }
 }
 
 /// A refusal that is not an [`Error`], with the JSON body every distkit router sends.
@@ -195,6 +251,7 @@ fn error(status: StatusCode, message: &str) -> Response {
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         _ => "invalid_input",
     };
@@ -220,13 +277,23 @@ fn path(p: Result<Path<String>, PathRejection>) -> Result<String, Response> {
         .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad path: {e}")))
 }
 
-async fn json_body<T: serde::de::DeserializeOwned + Default>(body: Body) -> Result<T, Response> {
-    let bytes = axum::body::to_bytes(body, MAX_JSON).await.map_err(|_| {
-        error(
+/// A request body of at most `limit` bytes, sent within [`BODY_READ`].
+async fn read_body(body: Body, limit: usize, what: &str) -> Result<axum::body::Bytes, Response> {
+    match tokio::time::timeout(BODY_READ, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("JSON bodies are at most {MAX_JSON} bytes"),
-        )
-    })?;
+            &format!("{what} are at most {limit} bytes"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the body did not arrive within {BODY_READ:?}"),
+        )),
+    }
+}
+
+async fn json_body<T: serde::de::DeserializeOwned + Default>(body: Body) -> Result<T, Response> {
+    let bytes = read_body(body, MAX_JSON, "JSON bodies").await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -269,13 +336,7 @@ async fn cache_put(
             "ttl_ms must be a whole number of milliseconds",
         ));
     };
-    let limit = distkit_dcache::DEFAULT_MAX_VALUE;
-    let Ok(value) = axum::body::to_bytes(body, limit).await else {
-        return Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("values are at most {limit} bytes"),
-        ));
-    };
+    let value = read_body(body, distkit_dcache::DEFAULT_MAX_VALUE, "values").await?;
     match q.ttl_ms {
         Some(0) => {
             return Err(error(
