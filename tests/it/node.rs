@@ -52,6 +52,16 @@ fn spawn(ports: &[u16], i: usize, data: &std::path::Path) -> Child {
 }
 
 fn spawn_with(ports: &[u16], i: usize, data: &std::path::Path, env: &[(&str, &str)]) -> Child {
+    spawn_full(ports, i, data, env, TOKEN)
+}
+
+fn spawn_full(
+    ports: &[u16],
+    i: usize,
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+    token: &str,
+) -> Child {
     let peers: Vec<String> = (0..ports.len())
         .filter(|&j| j != i)
         .map(|j| format!("node-{j}=http://127.0.0.1:{}", ports[j]))
@@ -63,7 +73,7 @@ fn spawn_with(ports: &[u16], i: usize, data: &std::path::Path, env: &[(&str, &st
             "--listen",
             &format!("127.0.0.1:{}", ports[i]),
         ])
-        .args(["--token", TOKEN, "--peer", &peers.join(",")])
+        .args(["--token", token, "--peer", &peers.join(",")])
         .arg("--data-dir")
         .arg(data)
         .env("RUST_LOG", "warn")
@@ -830,5 +840,82 @@ async fn half_sent_requests_are_cut_and_cannot_hold_shutdown() {
             stopping.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first version let a node with the wrong cluster token go unnoticed: every member
+/// showed healthy in /v1/cluster and nothing was logged. Now the members report it
+/// (`"state": "token_refused"`) and count it in a metric. /v1/cluster answers from the
+/// background probes' state, so a hung peer no longer slows it down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_cluster_token_is_reported_and_cluster_status_does_not_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3)
+        .map(|_| distkit_testkit::free_port().unwrap())
+        .collect();
+    let mut children: Vec<Child> = (0..3)
+        .map(|i| {
+            let token = if i == 2 { "a-wrong-token" } else { TOKEN };
+            spawn_full(&ports, i, &dir.path().join(format!("n{i}")), &[], token)
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let u0 = format!("http://127.0.0.1:{}", ports[0]);
+    let start = Instant::now();
+    let refused = loop {
+        if let Some(s) = status(&http, &u0).await {
+            let m = s["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["id"] == "node-2")
+                .cloned()
+                .unwrap();
+            if m["state"] == "token_refused" {
+                break m;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "node 0 never reported node 2's token"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused["healthy"], false);
+    let metrics = http
+        .get(format!("{u0}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("distkit_node_peer_auth_failures_total{peer=\"node-2\"}"),
+        "{metrics}"
+    );
+    // A hung peer: /v1/cluster still answers from the probes' state.
+    signal(children[1].id(), "STOP").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t = Instant::now();
+    for _ in 0..5 {
+        let s = status(&http, &u0).await.unwrap();
+        assert!(s["members"].as_array().unwrap().len() == 3);
+    }
+    // The first version probed inline, 300 ms a hung peer each time.
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let s = status(&http, &u0).await.unwrap();
+    let n1 = s["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "node-1")
+        .cloned()
+        .unwrap();
+    assert_eq!(n1["state"], "unreachable");
+    signal(children[1].id(), "CONT").unwrap();
+    for c in &mut children {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }

@@ -40,6 +40,92 @@ struct App {
     stopping: std::sync::atomic::AtomicBool,
     http: reqwest::Client,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// What the background probes last saw of each peer.
+    peer_health: std::sync::Mutex<HashMap<NodeId, Probe>>,
+}
+
+/// One peer as the background probe last saw it.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    state: PeerState,
+    at: std::time::Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerState {
+    /// It answered an authenticated request.
+    Ok,
+    /// It refused this node's cluster token (or this node refused its): a configuration
+    /// mistake, never healed by waiting.
+    TokenRefused,
+    /// It did not answer in time, or answered with an error.
+    Unreachable,
+}
+
+impl PeerState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::TokenRefused => "token_refused",
+            Self::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// How often the peers are probed.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Probes every peer at once, every [`PROBE_EVERY`], with an authenticated request, and keeps
+/// what it saw for `/v1/cluster`. A peer that refuses the cluster token is reported loudly:
+/// a WARN when it starts, and `distkit_node_peer_auth_failures_total{peer}` every time.
+async fn probe_peers(app: std::sync::Weak<App>) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(app) = app.upgrade() else { return };
+        let probes = app.settings.peers.iter().map(|(id, url)| {
+            let app = &app;
+            async move {
+                let r = app
+                    .http
+                    .get(format!("{url}/v1/peer/seq"))
+                    .bearer_auth(&app.settings.token)
+                    .send()
+                    .await;
+                let state = match r.map(|r| r.status()) {
+                    Ok(s) if s.is_success() => PeerState::Ok,
+                    Ok(StatusCode::UNAUTHORIZED) => PeerState::TokenRefused,
+                    _ => PeerState::Unreachable,
+                };
+                (id.clone(), state)
+            }
+        });
+        let seen = futures_util::future::join_all(probes).await;
+        let now = std::time::Instant::now();
+        let mut health = app
+            .peer_health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (id, state) in seen {
+            let before = health.get(&id).map(|p| p.state);
+            if state == PeerState::TokenRefused {
+                metrics::counter!("distkit_node_peer_auth_failures_total", "peer" => id.to_string())
+                    .increment(1);
+                if before != Some(PeerState::TokenRefused) {
+                    tracing::warn!(
+                        peer = %id,
+                        "the peer refuses this node's cluster token (or uses another one): \
+                         check --token on both nodes; until then they cannot elect or share \
+                         the cache together"
+                    );
+                }
+            } else if before == Some(PeerState::TokenRefused) {
+                tracing::info!(peer = %id, "the peer accepts this node's cluster token again");
+            }
+            health.insert(id, Probe { state, at: now });
+        }
+    }
 }
 
 /// Runs a node until `shutdown` completes, then resigns leadership, finishes in-flight
@@ -138,7 +224,14 @@ pub async fn run(
         lock_backend,
         stopping: std::sync::atomic::AtomicBool::new(false),
         metrics,
+        peer_health: std::sync::Mutex::new(HashMap::new()),
     });
+    metrics::describe_counter!(
+        "distkit_node_peer_auth_failures_total",
+        "probes of a peer that refused this node's cluster token (a configuration mistake)"
+    );
+    // Owned: aborted when the node stops.
+    let probes = tokio::spawn(probe_peers(Arc::downgrade(&app)));
     let router = Router::new()
         .route(
             "/v1/cache/{key}",
@@ -181,6 +274,8 @@ pub async fn run(
         let _ = stopping.elector.resign().await;
     })
     .await;
+    probes.abort();
+    let _ = probes.await;
     app.elector.shutdown().await;
     maintenance.shutdown().await;
     Ok(())
@@ -469,33 +564,27 @@ async fn cluster(State(app): State<Arc<App>>) -> Response {
     app.cache.sync().await;
     let l = app.elector.leadership();
     let shares: HashMap<NodeId, f64> = app.cache.ring_shares().into_iter().collect();
-    let probes = app.settings.peers.iter().map(|(id, url)| {
-        let http = app.http.clone();
-        let url = format!("{url}/healthz");
-        async move {
-            let ok = http
-                .get(url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            (id.clone(), ok)
-        }
-    });
-    let health: HashMap<NodeId, bool> = futures_util::future::join_all(probes)
-        .await
-        .into_iter()
-        .collect();
+    // From the background probes' state: this answers at once even when a peer hangs.
+    let health: HashMap<NodeId, Probe> = app
+        .peer_health
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let mut members = vec![serde_json::json!({
         "id": app.settings.id,
         "url": format!("http://{}", app.settings.listen),
         "healthy": true,
+        "state": "ok",
         "ring_share": shares.get(&app.settings.id).copied().unwrap_or(0.0),
     })];
     for (id, url) in &app.settings.peers {
+        let probe = health.get(id);
         members.push(serde_json::json!({
             "id": id,
             "url": url,
-            "healthy": health.get(id).copied().unwrap_or(false),
+            "healthy": probe.is_some_and(|p| p.state == PeerState::Ok),
+            "state": probe.map_or("unknown", |p| p.state.as_str()),
+            "checked_ms_ago": probe.map(|p| u64::try_from(p.at.elapsed().as_millis()).unwrap_or(u64::MAX)),
             "ring_share": shares.get(id).copied().unwrap_or(0.0),
         }));
     }
