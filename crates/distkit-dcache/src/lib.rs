@@ -121,6 +121,7 @@ mod maintenance;
 mod membership;
 mod metrics;
 pub mod peer;
+mod replicas;
 mod versions;
 
 #[doc(inline)]
