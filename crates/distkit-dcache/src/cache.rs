@@ -528,13 +528,31 @@ impl Inner {
                     lease_ends,
                     ..
                 } => {
-                    self.metrics.coalesced.increment(1);
-                    match follow(&self.owned_loads, key, slot, &signal, lease_ends).await {
-                        Waited::Done(r) => return r.map(|e| e.value),
-                        Waited::Again => {}
+                    let table = &self.owned_loads;
+                    if let Some(r) = self
+                        .follow_load(table, key, slot, &signal, lease_ends)
+                        .await
+                    {
+                        return r;
                     }
                 }
             }
+        }
+    }
+
+    /// A caller of `get_or_load` follows another's load: its value, or `None` to claim again.
+    async fn follow_load(
+        &self,
+        table: &Mutex<LoadTable<Signal>>,
+        key: &str,
+        slot: SlotId,
+        signal: &Signal,
+        lease_ends: Instant,
+    ) -> Option<Result<Bytes, Error>> {
+        self.metrics.coalesced.increment(1);
+        match follow(table, key, slot, signal, lease_ends).await {
+            Waited::Done(r) => Some(r.map(|e| e.value)),
+            Waited::Again => None,
         }
     }
 
@@ -654,10 +672,12 @@ impl Inner {
                     lease_ends,
                     ..
                 } => {
-                    self.metrics.coalesced.increment(1);
-                    match follow(&self.remote_loads, key, slot, &signal, lease_ends).await {
-                        Waited::Done(r) => return r.map(|e| e.value),
-                        Waited::Again => {}
+                    let table = &self.remote_loads;
+                    if let Some(r) = self
+                        .follow_load(table, key, slot, &signal, lease_ends)
+                        .await
+                    {
+                        return r;
                     }
                 }
             }

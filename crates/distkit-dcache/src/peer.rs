@@ -113,11 +113,7 @@ impl PeerClient {
                 base,
             )
             .await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(Self::refused(resp, base).await)
-        }
+        Self::ok_or_refused(resp, base).await
     }
 
     fn url(base: &str, key: &str, suffix: Option<&str>) -> Result<reqwest::Url, Error> {
@@ -258,18 +254,37 @@ impl PeerClient {
         value: &Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
+        self.put_with(base, key, lease.map(|l| ("lease", l)), value, ttl)
+            .await
+    }
+
+    /// A PUT of `value`, with one query parameter (a lease or a replica's write number) and
+    /// the remaining TTL (a TTL that ran out travels as the smallest, 1 ms).
+    async fn put_with(
+        &self,
+        base: &str,
+        key: &str,
+        query: Option<(&str, u64)>,
+        value: &Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
         let mut url = Self::url(base, key, None)?;
-        if let Some(l) = lease {
-            url.query_pairs_mut().append_pair("lease", &l.to_string());
+        if let Some((name, v)) = query {
+            url.query_pairs_mut().append_pair(name, &v.to_string());
         }
         let mut req = self
             .request(reqwest::Method::PUT, url)
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(value.clone());
         if let Some(t) = ttl {
-            req = req.header(TTL_HEADER, t.as_millis().to_string());
+            req = req.header(TTL_HEADER, t.as_millis().max(1).to_string());
         }
         let resp = self.send(req, base).await?;
+        Self::ok_or_refused(resp, base).await
+    }
+
+    /// `Ok` for a success, else the peer's refusal with its reason.
+    async fn ok_or_refused(resp: reqwest::Response, base: &str) -> Result<(), Error> {
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -286,22 +301,8 @@ impl PeerClient {
         value: &Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
-        let mut url = Self::url(base, key, None)?;
-        url.query_pairs_mut()
-            .append_pair("replica", &version.to_string());
-        let mut req = self
-            .request(reqwest::Method::PUT, url)
-            .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(value.clone());
-        if let Some(t) = ttl.filter(|t| !t.is_zero()) {
-            req = req.header(TTL_HEADER, t.as_millis().max(1).to_string());
-        }
-        let resp = self.send(req, base).await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(Self::refused(resp, base).await)
-        }
+        self.put_with(base, key, Some(("replica", version)), value, ttl)
+            .await
     }
 
     /// Sends the owner's delete (write `version`) of `key` to a replica.
@@ -317,11 +318,7 @@ impl PeerClient {
         let resp = self
             .send(self.request(reqwest::Method::DELETE, url), base)
             .await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(Self::refused(resp, base).await)
-        }
+        Self::ok_or_refused(resp, base).await
     }
 
     pub(crate) async fn delete(&self, base: &str, key: &str) -> Result<bool, Error> {
@@ -390,11 +387,7 @@ impl PeerClient {
         let resp = self
             .send(self.request(reqwest::Method::POST, url), base)
             .await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(Self::refused(resp, base).await)
-        }
+        Self::ok_or_refused(resp, base).await
     }
 
     pub(crate) async fn invalidate(
@@ -412,11 +405,7 @@ impl PeerClient {
                 base,
             )
             .await?;
-        if resp.status().is_success() {
-            Ok(())
-        } else {
-            Err(Self::refused(resp, base).await)
-        }
+        Self::ok_or_refused(resp, base).await
     }
 
     pub(crate) async fn seq(&self, base: &str) -> Result<u64, Error> {

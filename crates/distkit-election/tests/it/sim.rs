@@ -10,18 +10,19 @@ fn seeds() -> u64 {
         .unwrap_or(1000)
 }
 
-#[test]
-fn chaos_runs_are_safe_and_elect_one_leader_after_healing() {
+/// Runs `run` over the seeds `cargo xtask sim` asks for and fails with every failing seed and
+/// the command that replays it.
+fn over_seeds(what: &str, run: fn(u64) -> Vec<String>) {
     let base: u64 = std::env::var("DISTKIT_SIM_SEED_BASE")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let mut failures = Vec::new();
     for seed in base..base + seeds() {
-        let v = chaos_run(seed);
+        let v = run(seed);
         if !v.is_empty() {
             failures.push(format!(
-                "seed {seed} (replay: DISTKIT_SIM_SEED_BASE={seed} DISTKIT_SIM_SEEDS=1):\n  {}",
+                "{what} seed {seed} (replay: DISTKIT_SIM_SEED_BASE={seed} DISTKIT_SIM_SEEDS=1):\n  {}",
                 v.join("\n  ")
             ));
         }
@@ -35,27 +36,13 @@ fn chaos_runs_are_safe_and_elect_one_leader_after_healing() {
 }
 
 #[test]
+fn chaos_runs_are_safe_and_elect_one_leader_after_healing() {
+    over_seeds("chaos", chaos_run);
+}
+
+#[test]
 fn chaos_runs_with_a_hostile_peer_stay_safe() {
-    let base: u64 = std::env::var("DISTKIT_SIM_SEED_BASE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut failures = Vec::new();
-    for seed in base..base + seeds() {
-        let v = hostile_chaos_run(seed);
-        if !v.is_empty() {
-            failures.push(format!(
-                "hostile seed {seed} (replay: DISTKIT_SIM_SEED_BASE={seed} DISTKIT_SIM_SEEDS=1):\n  {}",
-                v.join("\n  ")
-            ));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} failing seeds:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    over_seeds("hostile", hostile_chaos_run);
 }
 
 #[test]
