@@ -31,8 +31,10 @@
 //!   held, so a node that comes back never serves what it had before), and every node drops
 //!   what it no longer owns. Members that disagree refuse each other's key requests with a
 //!   retryable error until their views agree.
-//! * **Peer failure**: a failed or slow peer is skipped for a while (a circuit breaker):
-//!   reads of its keys are misses and `get_or_load` runs the loader locally without caching.
+//! * **Peer failure**: a failed or slow peer is skipped for a while (a circuit breaker).
+//!   A read of a key whose owner cannot be reached is served by a replica when there is one,
+//!   and is otherwise a retryable [`Error::Unavailable`](distkit_core::Error::Unavailable),
+//!   never a miss; `get_or_load` then runs the loader locally without caching.
 //! * **Limits and security**: keys up to 1 KiB and values up to 1 MiB by default (typed
 //!   errors, HTTP 413); peer routes require the shared cluster token; malformed requests get
 //!   400 with a JSON error; keys travel between nodes as the hex of their bytes, so every key

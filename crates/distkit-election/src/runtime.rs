@@ -229,8 +229,7 @@ impl Elector {
     /// hand-over) and returns once the driver task and every peer sender task have ended.
     /// Calling it again, or from several clones, returns once they have ended.
     pub async fn shutdown(&self) {
-        let _ = self.commands.try_send(Command::Stop);
-        if !*self.owner.ended.borrow() {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.commands.try_send(Command::Stop) {
             // A full command queue cannot keep the stop out: abort.
             self.owner.task.abort();
         }
