@@ -426,6 +426,18 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
             405,
             "wrong method",
         ),
+        (
+            http.put(format!("{u}/v1/cache/a?ttl_ms=18446744073709551615"))
+                .body("v"),
+            400,
+            "a cache TTL past its limit (as a lock TTL past 24 h is)",
+        ),
+        (
+            http.post(format!("{u}/v1/locks/a"))
+                .body("{\"ttl_ms\": 18446744073709551615}"),
+            400,
+            "a lock TTL past its limit",
+        ),
     ];
     for (req, want, what) in cases {
         let resp = req.send().await.unwrap();
