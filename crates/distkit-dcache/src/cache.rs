@@ -400,6 +400,10 @@ impl Inner {
         let current = {
             let _order = self.versions.lock(key).await;
             let current = guard.finish(Ok(entry.clone()));
+            // A load that outlived this node's ownership of the key (the members changed
+            // meanwhile) goes to its callers but is not stored: a change back must not find
+            // it here.
+            let current = current && self.check_still_owner(key).is_ok();
             if current {
                 self.local.insert(key.to_owned(), entry.clone()).await;
             }
@@ -567,6 +571,9 @@ impl Inner {
             .await
             .map_err(|source| Error::load(key, source))?;
         self.check_value(&loaded.value)?;
+        if let Some(t) = loaded.ttl {
+            check_ttl("loaded ttl", t)?;
+        }
         Ok((loaded.value, loaded.ttl))
     }
 
@@ -623,7 +630,17 @@ impl Inner {
         let _ = self.store_loaded(key, guard, Ok((value, ttl))).await;
     }
 
-    /// Owner: a peer that holds `lease` gave up (its loader failed or it was cancelled).
+    /// Owner: the loader of the peer that holds `lease` failed: the attempt ends with that
+    /// failure for everyone who waited for it (no one runs the loader again for it).
+    pub(crate) fn fail(&self, key: &str, lease: AttemptId, from: &str, message: &str) {
+        let told = lock(&self.owned_loads).finish(key, lease);
+        if let Some(s) = told {
+            let e = Error::load(key, format!("the loader at {from} failed: {message}"));
+            s.send_replace(Phase::Done(Err(e)));
+        }
+    }
+
+    /// Owner: a peer that holds `lease` gave up (it was cancelled).
     pub(crate) fn abandon(&self, key: &str, lease: AttemptId) {
         let told = lock(&self.owned_loads).abandon(key, lease, Instant::now());
         if let Some(s) = told {
@@ -740,7 +757,8 @@ impl Inner {
                             Ok(value)
                         }
                         Err(e) => {
-                            let _ = self.client.abandon(url, key, lease).await;
+                            // Shared with everyone who waited for this load at the owner.
+                            let _ = self.client.fail(url, key, lease, &self.id, &e).await;
                             Err(e)
                         }
                     };
@@ -958,6 +976,9 @@ impl PeerService for Inner {
     fn abandon(&self, key: &str, lease: u64) {
         Inner::abandon(self, key, lease);
     }
+    fn fail(&self, key: &str, lease: u64, from: &str, message: &str) {
+        Inner::fail(self, key, lease, from, message);
+    }
     async fn invalidated(&self, from: &NodeId, seq: u64, keys: &[String]) {
         Inner::invalidated(self, from, seq, keys).await;
     }
@@ -966,8 +987,8 @@ impl PeerService for Inner {
         key: &str,
         version: u64,
         value: Option<(Bytes, Option<Duration>)>,
-    ) {
-        Inner::store_replica(self, key, version, value).await;
+    ) -> Result<(), Error> {
+        Inner::store_replica(self, key, version, value).await
     }
 }
 
@@ -1117,6 +1138,14 @@ impl DistributedCache {
     #[must_use]
     pub fn holds_hot_copy(&self, key: &str) -> bool {
         self.inner.hot.as_ref().is_some_and(|h| h.contains_key(key))
+    }
+
+    /// A digest of this node's member ids: equal on two nodes exactly when they agree on who
+    /// the members are. Peers send it with every key request and refuse one that differs;
+    /// compare it across nodes when they report `membership_mismatch`.
+    #[must_use]
+    pub fn members_fingerprint(&self) -> u64 {
+        self.inner.members.peek().fingerprint()
     }
 
     /// Each member's share of the key space in this node's view of the ring.
@@ -1308,9 +1337,11 @@ impl DistributedCache {
     ///
     /// # Errors
     ///
-    /// [`Error::Load`] when the loader failed (nothing is cached), [`Error::TooLarge`] for a
-    /// value over the limit, [`Error::Timeout`] when a write or delete superseded this
-    /// caller's own load.
+    /// [`Error::Load`] when the loader failed (nothing is cached; the callers that waited for
+    /// that load get the same failure), [`Error::TooLarge`] for a value over the limit,
+    /// [`Error::InvalidInput`] for a loaded TTL of zero or over
+    /// [`MAX_TTL`](crate::MAX_TTL). A load that a write superseded, or that outlived this
+    /// node's ownership of the key, is returned to its caller but not stored.
     pub async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
         self.inner.get_or_load(key, loader).await
     }

@@ -13,17 +13,17 @@
 //! |---|---|
 //! | `GET /v1/peer/cache/{hex key}` | 200 value, 404 miss |
 //! | `PUT /v1/peer/cache/{hex key}[?lease=N]` | 204; with a lease, completes that load |
-//! | `PUT /v1/peer/cache/{hex key}?replica=V` | 204: the owner's write number V, for a replica (kept unless it holds a newer one) |
+//! | `PUT /v1/peer/cache/{hex key}?replica=V` | 204: the owner's write number V, for a replica (kept unless it holds a newer one; 400 at a node that is not a replica of the key) |
 //! | `DELETE /v1/peer/cache/{hex key}` | 200 `{"deleted": bool}` |
 //! | `DELETE /v1/peer/cache/{hex key}?replica=V` | 204: the owner's delete, for a replica |
 //! | `POST /v1/peer/cache/{hex key}/load?lease=N` | 200 value, 202 `{"lease": N}` (you load it, under the lease you proposed), 409 claim again, an error with kind `load_failed` (the load you waited for failed) |
-//! | `POST /v1/peer/cache/{hex key}/abandon?lease=N` | 204: the loader failed |
+//! | `POST /v1/peer/cache/{hex key}/abandon?lease=N` | 204: the loader went away (empty body: waiters claim again) or failed (body `{"from", "error"}`: waiters get that failure) |
 //! | `POST /v1/peer/invalidate` | 204; body `{"from", "seq", "keys"}` |
 //! | `GET /v1/peer/seq` | 200 `{"seq": N}` |
 //! | `POST /v1/peer/join` | 204; body `{"from"}`: the sender adds this node to its members, so this node drops what it holds (it may have missed writes while it was out) |
 //!
 //! Every key request carries the sender's membership fingerprint in `x-distkit-members`; a
-//! node whose members differ answers 421 (kind `membership_mismatch`, retryable) instead of
+//! node whose members differ, or a request without it, gets 421 (kind `membership_mismatch`, retryable) instead of
 //! acting under a ring the sender does not share.
 //!
 //! Errors: 401 wrong or missing token, 400 malformed input, 413 key or value over the limit,
@@ -380,6 +380,40 @@ impl PeerClient {
         }
     }
 
+    /// Tells the owner that the loader of `lease` failed with `e` (its waiters share it).
+    pub(crate) async fn fail(
+        &self,
+        base: &str,
+        key: &str,
+        lease: u64,
+        from: &NodeId,
+        e: &Error,
+    ) -> Result<(), Error> {
+        let mut url = Self::url(base, key, Some("abandon"))?;
+        url.query_pairs_mut()
+            .append_pair("lease", &lease.to_string());
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
+        }
+        let mut cut = message.len().min(3000);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        let resp = self
+            .send(
+                self.request(reqwest::Method::POST, url)
+                    .json(&serde_json::json!({ "from": from, "error": message })),
+                base,
+            )
+            .await?;
+        Self::ok_or_refused(resp, base).await
+    }
+
     pub(crate) async fn abandon(&self, base: &str, key: &str, lease: u64) -> Result<(), Error> {
         let mut url = Self::url(base, key, Some("abandon"))?;
         url.query_pairs_mut()
@@ -481,7 +515,9 @@ pub(crate) trait PeerService: Send + Sync + 'static {
         key: &str,
         version: u64,
         value: Option<(Bytes, Option<Duration>)>,
-    );
+    ) -> Result<(), Error>;
+    /// The loader of the peer holding `lease` failed, with `message`.
+    fn fail(&self, key: &str, lease: u64, from: &str, message: &str);
 }
 
 /// The owner's answer to a peer's load request.
@@ -525,8 +561,9 @@ fn error(kind: &str, message: &str) -> Response {
     ErrorBody::new(kind, message).into_response()
 }
 
-/// Checks the token and decodes the key (hex of its bytes; anything else is refused with
-/// 400). The error is the finished response.
+/// Checks the token, decodes the key (hex of its bytes; anything else is refused with 400),
+/// then the sender's membership fingerprint (421 when absent or different). The error is the
+/// finished response.
 #[allow(clippy::result_large_err)] // a refusal is returned once per request, not stored
 fn admit(
     service: &Service,
@@ -536,15 +573,25 @@ fn admit(
     if !authorized(headers, service.token()) {
         return Err(error("unauthorized", "missing or wrong cluster token"));
     }
+    let Path(hex) = key.map_err(|e| error("invalid_input", &format!("bad key: {e}")))?;
+    // Checked against the limit before decoding, so a huge path costs nothing.
+    let limit = service.max_key();
+    if hex.len() > limit.saturating_mul(2) {
+        return Err(Error::too_large("cache key", hex.len() / 2, limit).into_response());
+    }
+    let key = hex_decode(&hex)
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| error("invalid_input", "the key must be the hex of UTF-8 bytes"))?;
+    service
+        .check_key(&key)
+        .map_err(IntoResponse::into_response)?;
     // A sender that disagrees about the members may have the wrong owner in mind: refuse
     // rather than store or serve under a different ring.
     let theirs = headers
         .get(MEMBERS_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| u64::from_str_radix(v, 16).ok());
-    if let Some(theirs) = theirs
-        && theirs != service.members()
-    {
+    if theirs != Some(service.members()) {
         return Err((
             StatusCode::MISDIRECTED_REQUEST,
             [(header::CONTENT_TYPE, "application/json")],
@@ -560,18 +607,6 @@ fn admit(
         )
             .into_response());
     }
-    let Path(hex) = key.map_err(|e| error("invalid_input", &format!("bad key: {e}")))?;
-    // Checked against the limit before decoding, so a huge path costs nothing.
-    let limit = service.max_key();
-    if hex.len() > limit.saturating_mul(2) {
-        return Err(Error::too_large("cache key", hex.len() / 2, limit).into_response());
-    }
-    let key = hex_decode(&hex)
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| error("invalid_input", "the key must be the hex of UTF-8 bytes"))?;
-    service
-        .check_key(&key)
-        .map_err(IntoResponse::into_response)?;
     Ok(key)
 }
 
@@ -664,11 +699,10 @@ async fn put_key(
     };
     let value = read_value(service.max_value(), body).await?;
     match (q.replica, q.lease) {
-        (Some(version), _) => {
-            service
-                .store_replica(&key, version, Some((value, ttl)))
-                .await
-        }
+        (Some(version), _) => service
+            .store_replica(&key, version, Some((value, ttl)))
+            .await
+            .map_err(IntoResponse::into_response)?,
         (None, Some(lease)) => service.fill(&key, lease, value, ttl).await,
         (None, None) => service
             .set_owned(&key, value, ttl)
@@ -690,7 +724,10 @@ async fn delete_key(
         ..
     })) = query
     {
-        service.store_replica(&key, version, None).await;
+        service
+            .store_replica(&key, version, None)
+            .await
+            .map_err(IntoResponse::into_response)?;
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let deleted = service
@@ -710,13 +747,16 @@ async fn load_key(
     let Ok(Query(q)) = query else {
         return Err(error("invalid_input", "bad lease"));
     };
+    if q.lease == Some(0) {
+        return Err(error(
+            "invalid_input",
+            "a proposed lease is a number other than 0",
+        ));
+    }
     let seq = service.seq();
     // If the peer goes away while this waits, the handler's future is dropped and the wait
     // leaves its slot: nothing is left behind.
-    match service
-        .load_for_peer(&key, q.lease.filter(|l| *l != 0))
-        .await
-    {
+    match service.load_for_peer(&key, q.lease).await {
         PeerLoad::Value(e) => Ok(value_response(e, seq)),
         PeerLoad::Lease(lease) => Ok((
             StatusCode::ACCEPTED,
@@ -749,22 +789,40 @@ async fn load_key(
     }
 }
 
+/// A load's failure, as its loader's node reports it.
+#[derive(Deserialize)]
+struct Failure {
+    from: NodeId,
+    error: String,
+}
+
 async fn abandon_key(
     State(service): State<Service>,
     headers: HeaderMap,
     key: Result<Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<Query<LeaseQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
 ) -> Reply {
     let key = admit(&service, &headers, key)?;
-    match query {
-        Ok(Query(LeaseQuery {
-            lease: Some(lease), ..
-        })) => {
-            service.abandon(&key, lease);
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
-        _ => Err(error("invalid_input", "abandon needs ?lease=N")),
+    let Ok(Query(LeaseQuery {
+        lease: Some(lease), ..
+    })) = query
+    else {
+        return Err(error("invalid_input", "abandon needs ?lease=N"));
+    };
+    let body = axum::body::to_bytes(body, 4096)
+        .await
+        .map_err(|_| error("too_large", "a failure report is at most 4 KiB"))?;
+    if body.is_empty() {
+        // The loader went away without an outcome: whoever waits claims again.
+        service.abandon(&key, lease);
+    } else {
+        // The loader failed: everyone who waited gets the failure, nobody loads again.
+        let f: Failure = serde_json::from_slice(&body)
+            .map_err(|e| error("invalid_input", &format!("malformed failure: {e}")))?;
+        service.fail(&key, lease, f.from.as_str(), &f.error);
     }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(Deserialize)]

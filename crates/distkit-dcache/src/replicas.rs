@@ -56,6 +56,8 @@ impl Inner {
             }),
             Owner::Me => None,
         });
+        // With fewer members than copies, every member holds the key and all of them count.
+        let need = self.write_acks.min(holders.len());
         let mut confirmed = 1;
         let mut failed = Vec::new();
         for (id, r) in futures_util::future::join_all(sends).await {
@@ -67,7 +69,7 @@ impl Inner {
                 }
             }
         }
-        if confirmed >= self.write_acks {
+        if confirmed >= need {
             return Ok(());
         }
         Err(Error::Unavailable {
@@ -75,27 +77,36 @@ impl Inner {
             reason: format!(
                 "the write of {key:?} is stored on {confirmed} of {} nodes; {} must confirm",
                 holders.len(),
-                self.write_acks
+                need
             ),
             source: None,
         })
     }
 
-    /// A replica: keeps the owner's write unless it holds a newer one already.
+    /// A replica: keeps the owner's write unless it holds a newer one already. Refused by a
+    /// node that is not a replica of the key in its view (the owner's own value is never
+    /// replaced this way).
     pub(crate) async fn store_replica(
         &self,
         key: &str,
         version: u64,
         value: Option<(Bytes, Option<Duration>)>,
-    ) {
+    ) -> Result<(), Error> {
         let _order = self.versions.lock(key).await;
+        let holders = self.members.load().holders(key, self.replicas);
+        if holders.first() == Some(&Owner::Me) || !holders.contains(&Owner::Me) {
+            return Err(Error::invalid_input(
+                "replica write",
+                format!("this node is not a replica of {key:?} in its view of the members"),
+            ));
+        }
         if let Some(h) = &self.hot {
             h.invalidate(key).await;
         }
         if let Some(cur) = self.local.get(key).await
             && cur.version > version
         {
-            return;
+            return Ok(());
         }
         match value {
             Some((v, ttl)) => {
@@ -106,6 +117,7 @@ impl Inner {
                 self.local.invalidate(key).await;
             }
         }
+        Ok(())
     }
 
     /// The owner is unreachable: the first other holder that answers serves the read

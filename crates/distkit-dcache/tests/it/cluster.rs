@@ -426,8 +426,10 @@ async fn bad_peer_input_is_refused_with_json_errors() {
     let c = cluster(2, false).await;
     let base = &c.urls[1];
     let http = reqwest::Client::new();
-    // Keys travel as the hex of their bytes: "61" is "a".
+    // Keys travel as the hex of their bytes: "61" is "a". Key requests carry the sender's
+    // membership fingerprint; node 0 shares node 1's.
     let long = "6b".repeat(2000);
+    let fp = format!("{:016x}", c.caches[0].members_fingerprint());
     let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
         (http.get(format!("{base}/v1/peer/cache/61")), 401),
         (
@@ -443,14 +445,35 @@ async fn bad_peer_input_is_refused_with_json_errors() {
         (
             http.put(format!("{base}/v1/peer/cache/61"))
                 .bearer_auth(TOKEN)
+                .header("x-distkit-members", &fp)
                 .body(vec![0u8; 2 * 1024 * 1024]),
             413,
         ),
         (
             http.put(format!("{base}/v1/peer/cache/61"))
                 .bearer_auth(TOKEN)
+                .header("x-distkit-members", &fp)
                 .header("x-distkit-ttl-ms", "soon")
                 .body("v"),
+            400,
+        ),
+        // Without the fingerprint, or with another one: 421, found by an outside review.
+        (
+            http.get(format!("{base}/v1/peer/cache/61"))
+                .bearer_auth(TOKEN),
+            421,
+        ),
+        (
+            http.get(format!("{base}/v1/peer/cache/61"))
+                .bearer_auth(TOKEN)
+                .header("x-distkit-members", "0000000000000000"),
+            421,
+        ),
+        // A proposed lease of 0 is refused, not swapped for another.
+        (
+            http.post(format!("{base}/v1/peer/cache/61/load?lease=0"))
+                .bearer_auth(TOKEN)
+                .header("x-distkit-members", &fp),
             400,
         ),
         (
@@ -472,7 +495,8 @@ async fn bad_peer_input_is_refused_with_json_errors() {
         ),
         (
             http.post(format!("{base}/v1/peer/cache/61/abandon"))
-                .bearer_auth(TOKEN),
+                .bearer_auth(TOKEN)
+                .header("x-distkit-members", &fp),
             400,
         ),
         (
@@ -894,10 +918,12 @@ async fn replica_acknowledgements_are_counted() {
     // An old write that arrives late (number 1, far below the owner's clock-based numbers)
     // does not replace the newer copy at the replica.
     let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
+    let fp = format!("{:016x}", c.caches[0].members_fingerprint());
     let http = reqwest::Client::new();
     let late = http
         .put(format!("{}/v1/peer/cache/{hex}?replica=1", c.urls[1]))
         .bearer_auth(TOKEN)
+        .header("x-distkit-members", &fp)
         .body("stale")
         .send()
         .await
@@ -906,10 +932,26 @@ async fn replica_acknowledgements_are_counted() {
     let held = http
         .get(format!("{}/v1/peer/cache/{hex}", c.urls[1]))
         .bearer_auth(TOKEN)
+        .header("x-distkit-members", &fp)
         .send()
         .await
         .unwrap();
     assert_eq!(held.bytes().await.unwrap().as_ref(), b"2");
+    // A replica write sent to the owner itself is refused and replaces nothing (found by an
+    // outside review: it used to overwrite the owner's value).
+    let forged = http
+        .put(format!("{}/v1/peer/cache/{hex}?replica=999", c.urls[0]))
+        .bearer_auth(TOKEN)
+        .header("x-distkit-members", &fp)
+        .body("forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status().as_u16(), 400);
+    assert_eq!(
+        c.caches[0].get(&key).await.unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
     c.kill(1).await;
     let r = c.caches[0].set(&key, "3").await;
     match r {
@@ -978,4 +1020,129 @@ async fn a_cancelled_follower_leaves_the_others_alone() {
         "a non-owner keeps no copy without hot copies"
     );
     assert!(c.caches[0].bytes_used() >= (key.len() + 1) as u64);
+}
+
+/// Found by an outside review: a load that finished after its node lost the key (the
+/// members changed meanwhile) was stored, and a change back served it over a newer write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_outlives_its_ownership_is_not_stored() {
+    let c = cluster(3, false).await;
+    // Nodes 0 and 1 start without node 2; node 2 knows them all.
+    for i in 0..2 {
+        c.caches[i].remove_node(c.ids[2].as_str()).await.unwrap();
+    }
+    let key = (0..)
+        .map(|i| format!("moved{i}"))
+        .find(|k| {
+            c.caches[0].owner_of(k).unwrap() == c.ids[0]
+                && c.caches[2].owner_of(k).unwrap() == c.ids[2]
+        })
+        .unwrap();
+    let slow = tokio::spawn({
+        let (cache, key) = (c.caches[0].clone(), key.clone());
+        async move {
+            cache
+                .get_or_load(
+                    &key,
+                    Loader::new(|| async {
+                        tokio::time::sleep(Duration::from_millis(600)).await;
+                        Ok::<_, std::io::Error>("OLD")
+                    }),
+                )
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..2 {
+        c.caches[i]
+            .add_node(c.ids[2].clone(), &c.urls[2])
+            .await
+            .unwrap();
+    }
+    c.caches[1].set(&key, "NEW").await.unwrap();
+    let _ = slow.await.unwrap();
+    assert!(
+        !c.caches[0].holds_locally(&key),
+        "node 0 stored a key it no longer owns"
+    );
+    // The key falls back to node 0: nothing old may come back.
+    for i in 0..2 {
+        c.caches[i].remove_node(c.ids[2].as_str()).await.unwrap();
+    }
+    for i in 0..2 {
+        let v = c.caches[i].get(&key).await.unwrap();
+        assert_ne!(
+            v.as_deref(),
+            Some(&b"OLD"[..]),
+            "node {i} served the old load"
+        );
+    }
+}
+
+/// Found by an outside review: when the caller running a failing load was not the key's
+/// owner, the callers waiting at other nodes ran their own loaders. The failure is shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_loaders_failure_is_shared_with_every_node() {
+    let c = cluster(3, false).await;
+    let key = key_owned_by(&c, 0, "remote-fail");
+    let runs = Arc::new(AtomicU64::new(0));
+    let failing = |runs: Arc<AtomicU64>| {
+        Loader::new(move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Err::<Vec<u8>, _>(std::io::Error::other("db down"))
+        })
+    };
+    // The leader is on node 1 (not the owner); followers on the owner and on node 2.
+    let leader = tokio::spawn({
+        let (cache, key, l) = (c.caches[1].clone(), key.clone(), failing(runs.clone()));
+        async move { cache.get_or_load(&key, l).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut followers = Vec::new();
+    for node in [0, 2, 0, 2] {
+        let (cache, key, l) = (c.caches[node].clone(), key.clone(), failing(runs.clone()));
+        followers.push(tokio::spawn(
+            async move { cache.get_or_load(&key, l).await },
+        ));
+    }
+    assert!(matches!(leader.await.unwrap(), Err(Error::Load { .. })));
+    for f in followers {
+        let r = f.await.unwrap();
+        assert!(matches!(r, Err(Error::Load { .. })), "{r:?}");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the loader ran again");
+}
+
+/// Found by an outside review: settings that could never be met were accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_beyond_the_members_and_bad_loaded_ttls() {
+    // Three copies on a lone node: every member holds the key, and that is enough.
+    let lone = DistributedCache::builder(NodeId::new("lone").unwrap())
+        .replicas(3)
+        .build()
+        .unwrap();
+    lone.set("k", "v").await.unwrap();
+    for ttl in [
+        Duration::ZERO,
+        crate_max_ttl() + Duration::from_secs(1),
+        Duration::MAX,
+    ] {
+        let r = lone
+            .get_or_load(
+                &format!("ttl-{}", ttl.as_nanos()),
+                Loader::new(move || async move {
+                    Ok::<_, std::io::Error>(distkit_core::Loaded::with_ttl("v", ttl))
+                }),
+            )
+            .await;
+        assert!(
+            matches!(r, Err(Error::InvalidInput { .. })),
+            "{ttl:?}: {r:?}"
+        );
+    }
+}
+
+fn crate_max_ttl() -> Duration {
+    distkit_dcache::MAX_TTL
 }

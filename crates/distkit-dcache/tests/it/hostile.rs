@@ -93,7 +93,13 @@ fn proptests_every_duration_builds_or_is_refused_and_never_panics() {
                         }),
                     )
                     .await;
-                prop_assert!(v.is_ok(), "{v:?}");
+                // A loader's TTL obeys the same rule as a caller's.
+                if loaded_ttl.is_zero() || loaded_ttl > MAX_TTL {
+                    let refused = matches!(v, Err(Error::InvalidInput { .. }));
+                    prop_assert!(refused, "{:?}", v);
+                } else {
+                    prop_assert!(v.is_ok(), "{v:?}");
+                }
                 let _ = cache.get("loaded").await.unwrap();
                 cache.delete("k").await.unwrap();
                 maintenance.shutdown().await;
