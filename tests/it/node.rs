@@ -931,3 +931,95 @@ async fn a_wrong_cluster_token_is_reported_and_cluster_status_does_not_block() {
         let _ = c.wait();
     }
 }
+
+/// `--dev`: one node, in-process locks, data in a temporary directory, leader at once; a lock
+/// and a cache round trip work. With no arguments at all the node says what to do and exits
+/// with 2, creating nothing (the first version created a data directory and exited 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_serves_at_once_and_no_arguments_says_what_to_do() {
+    let cwd = tempfile::tempdir().unwrap();
+    let bare = Command::new(NODE)
+        .current_dir(cwd.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .output()
+        .expect("the node binary runs");
+    assert_eq!(bare.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&bare.stderr);
+    assert!(
+        said.contains("--dev") && said.contains("--config"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "it created files"
+    );
+
+    let port = distkit_testkit::free_port().unwrap();
+    let mut child = Command::new(NODE)
+        .current_dir(cwd.path())
+        .args(["--dev", "--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .env_remove("DISTKIT_PEERS")
+        .env_remove("DISTKIT_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the node binary starts");
+    let u = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    loop {
+        if let Some(s) = status(&http, &u).await
+            && s["leader"] == "dev"
+        {
+            assert_eq!(s["lock_backend"], "in-process");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "dev mode did not lead"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let put = http
+        .put(format!("{u}/v1/cache/greeting"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 204);
+    let got = http
+        .get(format!("{u}/v1/cache/greeting"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.bytes().await.unwrap().as_ref(), b"hello");
+    let grant: Value = http
+        .post(format!("{u}/v1/locks/dev-lock"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = grant["token"].as_str().unwrap();
+    let rel: Value = http
+        .delete(format!("{u}/v1/locks/dev-lock"))
+        .body(format!("{{\"token\": \"{token}\"}}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rel["released"], true);
+    // Its data went to a temporary directory, not the working one.
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
+    let _ = signal(child.id(), "TERM");
+    let _ = child.wait();
+}

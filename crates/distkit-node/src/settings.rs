@@ -52,9 +52,17 @@ pub struct NodeArgs {
     /// Address to listen on for the public API and the peer routes, e.g. 127.0.0.1:7001.
     #[arg(long, env = "DISTKIT_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Shared cluster token that peers present to each other (required with peers).
+    /// Shared cluster token that peers present to each other (required with peers). Prefer
+    /// --token-file: a flag shows in `ps`.
     #[arg(long, env = "DISTKIT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the cluster token (surrounding whitespace is ignored).
+    #[arg(long, env = "DISTKIT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Development mode: one node that leads at once, in-process locks (unless --redis),
+    /// data in a fresh temporary directory. Like `consul agent -dev`.
+    #[arg(long, env = "DISTKIT_DEV")]
+    pub dev: bool,
     /// A peer as ID=URL, e.g. node-2=http://127.0.0.1:7002; repeat for each peer (the
     /// environment variable takes a comma-separated list).
     #[arg(long = "peer", env = "DISTKIT_PEERS", value_delimiter = ',')]
@@ -92,6 +100,7 @@ pub struct FileConfig {
     id: Option<String>,
     listen: Option<SocketAddr>,
     token: Option<String>,
+    token_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     #[serde(default)]
     peers: Vec<PeerConfig>,
@@ -192,11 +201,12 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
+        let default_id = if args.dev { "dev" } else { "node-1" };
         let id = NodeId::new(
             args.id
                 .clone()
                 .or(file.id)
-                .unwrap_or_else(|| "node-1".into()),
+                .unwrap_or_else(|| default_id.into()),
         )?;
         let listen = args
             .listen
@@ -215,11 +225,34 @@ impl Settings {
                 peers.push((NodeId::new(pid)?, url.to_owned()));
             }
         }
-        let token = args.token.clone().or(file.token).unwrap_or_default();
+        if args.dev && !peers.is_empty() {
+            return Err(Error::invalid_input(
+                "peers",
+                "--dev runs one node on its own; leave out --peer (and the file's peers)",
+            ));
+        }
+        let token_file = args.token_file.clone().or(file.token_file);
+        let token = match (args.token.clone().or(file.token), token_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_input(
+                    "token",
+                    "give the cluster token or a token file, not both",
+                ));
+            }
+            (Some(t), None) => t,
+            (None, Some(path)) => std::fs::read_to_string(&path)
+                .map_err(|e| {
+                    Error::invalid_input("token file", format!("{}: {e}", path.display()))
+                })?
+                .trim()
+                .to_owned(),
+            (None, None) => String::new(),
+        };
         if !peers.is_empty() && token.is_empty() {
             return Err(Error::invalid_input(
                 "token",
-                "a cluster with peers needs --token (or DISTKIT_TOKEN)",
+                "a cluster with peers needs --token-file or --token (or DISTKIT_TOKEN_FILE, \
+                 DISTKIT_TOKEN)",
             ));
         }
         let redlock = if args.redlock.is_empty() {
@@ -238,11 +271,14 @@ impl Settings {
             (None, false) => LockBackend::Redlock(redlock),
             (None, true) => LockBackend::InProcess,
         };
-        let data_dir = args
-            .data_dir
-            .clone()
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from(format!("./distkit-data/{id}")));
+        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| {
+            if args.dev {
+                // A fresh directory per run: a dev node starts from nothing.
+                std::env::temp_dir().join(format!("distkit-dev-{}", std::process::id()))
+            } else {
+                PathBuf::from(format!("./distkit-data/{id}"))
+            }
+        });
         let ms = Duration::from_millis;
         let ttl_ms = args.cache_ttl_ms.or(file.cache.ttl_ms).unwrap_or(3_600_000);
         Ok(Self {
@@ -333,6 +369,36 @@ max_entries = 5
             ..NodeArgs::default()
         };
         assert!(Settings::resolve(&both).is_err());
+        // The token from a file (kept out of `ps`), trimmed; not both.
+        let token_path = dir.join("token");
+        std::fs::write(&token_path, "  from-a-file\n").unwrap();
+        let from_file = NodeArgs {
+            id: Some("n".into()),
+            token_file: Some(token_path.clone()),
+            peers: vec!["m=http://127.0.0.1:1".into()],
+            ..NodeArgs::default()
+        };
+        assert_eq!(Settings::resolve(&from_file).unwrap().token, "from-a-file");
+        let two = NodeArgs {
+            token: Some("x".into()),
+            ..from_file
+        };
+        assert!(Settings::resolve(&two).is_err());
+        // --dev: one node named dev, data in a fresh temporary directory, no peers.
+        let dev = NodeArgs {
+            dev: true,
+            ..NodeArgs::default()
+        };
+        let s = Settings::resolve(&dev).unwrap();
+        assert_eq!(s.id.as_str(), "dev");
+        assert!(s.data_dir.starts_with(std::env::temp_dir()));
+        assert!(s.peers.is_empty());
+        let dev_with_peers = NodeArgs {
+            dev: true,
+            peers: vec!["m=http://127.0.0.1:1".into()],
+            ..NodeArgs::default()
+        };
+        assert!(Settings::resolve(&dev_with_peers).is_err());
         std::fs::write(&path, "bogus = 1").unwrap();
         assert!(
             Settings::resolve(&args).is_err(),
