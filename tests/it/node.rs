@@ -1023,3 +1023,94 @@ async fn dev_mode_serves_at_once_and_no_arguments_says_what_to_do() {
     let _ = signal(child.id(), "TERM");
     let _ = child.wait();
 }
+
+/// The metrics an operator expects from etcd-like systems: every family has a HELP line,
+/// HTTP latency is a histogram (not a summary), and the figures move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_help_lines_histograms_and_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = distkit_testkit::free_port().unwrap();
+    let mut child = spawn_solo(port, dir.path());
+    let u = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    while status(&http, &u)
+        .await
+        .is_none_or(|s| s["leader"] != "solo")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the node did not lead"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let scrape = || async {
+        http.get(format!("{u}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let count = |text: &str, line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = scrape().await;
+    for family in [
+        "distkit_node_http_requests_total",
+        "distkit_node_http_request_seconds",
+        "distkit_election_is_leader",
+        "distkit_election_has_leader",
+        "distkit_election_term",
+        "distkit_election_leader_changes_total",
+        "distkit_process_uptime_seconds",
+        "distkit_process_resident_memory_bytes",
+        "distkit_process_open_fds",
+    ] {
+        assert!(
+            before.contains(&format!("# HELP {family} ")),
+            "no HELP for {family}:\n{before}"
+        );
+    }
+    assert!(
+        before.contains("# TYPE distkit_node_http_request_seconds histogram"),
+        "{before}"
+    );
+    assert_eq!(count(&before, "distkit_election_is_leader "), 1.0);
+    assert!(count(&before, "distkit_election_term ") >= 1.0);
+    let cluster_route = "distkit_node_http_requests_total{route=\"/v1/cluster\",status=\"200\"}";
+    let seen = count(&before, cluster_route);
+    assert!(seen >= 1.0, "{before}");
+    for _ in 0..3 {
+        status(&http, &u).await.unwrap();
+    }
+    let grant = http
+        .post(format!("{u}/v1/locks/m"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(grant.status().as_u16(), 200);
+    let after = scrape().await;
+    assert_eq!(
+        count(&after, cluster_route),
+        seen + 3.0,
+        "the request count did not move"
+    );
+    assert_eq!(
+        count(
+            &after,
+            "distkit_node_lock_acquires_total{result=\"granted\"}"
+        ),
+        1.0
+    );
+    // Keys never become labels: routes are patterns.
+    assert!(!after.contains("route=\"/v1/locks/m\""), "{after}");
+    let _ = signal(child.id(), "TERM");
+    let _ = child.wait();
+}

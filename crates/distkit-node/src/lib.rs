@@ -57,6 +57,7 @@
 mod cli;
 pub mod demo;
 mod node;
+mod observe;
 mod settings;
 
 #[doc(inline)]

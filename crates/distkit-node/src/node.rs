@@ -42,6 +42,7 @@ struct App {
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// What the background probes last saw of each peer.
     peer_health: std::sync::Mutex<HashMap<NodeId, Probe>>,
+    started: std::time::Instant,
 }
 
 /// One peer as the background probe last saw it.
@@ -139,9 +140,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     // Installed first: components take their metric handles when they are built.
+    let started = std::time::Instant::now();
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .ok();
+        .set_buckets(crate::observe::LATENCY_BUCKETS)
+        .ok()
+        .and_then(|b| b.install_recorder().ok());
+    crate::observe::describe();
     std::fs::create_dir_all(&settings.data_dir).map_err(|e| Error::Storage {
         path: settings.data_dir.display().to_string(),
         reason: "cannot create the data directory".into(),
@@ -225,6 +229,7 @@ pub async fn run(
         stopping: std::sync::atomic::AtomicBool::new(false),
         metrics,
         peer_health: std::sync::Mutex::new(HashMap::new()),
+        started,
     });
     metrics::describe_counter!(
         "distkit_node_peer_auth_failures_total",
@@ -255,7 +260,10 @@ pub async fn run(
         })
         .with_state(app.clone())
         .merge(http_router(app.elector.inbox(), app.settings.token.clone()))
-        .merge(app.cache.router());
+        .merge(app.cache.router())
+        .layer(axum::middleware::from_fn(crate::observe::http_layer));
+    // Owned: ends with the elector (its leadership channel closes), and is aborted at exit.
+    let election_gauges = tokio::spawn(crate::observe::follow_election(app.elector.clone()));
     let listener = TcpListener::bind(app.settings.listen).await.map_err(|e| {
         Error::unavailable(
             app.settings.listen.to_string(),
@@ -276,6 +284,8 @@ pub async fn run(
     .await;
     probes.abort();
     let _ = probes.await;
+    election_gauges.abort();
+    let _ = election_gauges.await;
     app.elector.shutdown().await;
     maintenance.shutdown().await;
     Ok(())
@@ -487,15 +497,31 @@ async fn lock_acquire(
     if let Some(ms) = req.wait_ms {
         opts = opts.wait(Duration::from_millis(ms.min(60_000)));
     }
+    let count = |result: &'static str| {
+        metrics::counter!("distkit_node_lock_acquires_total", "result" => result).increment(1);
+    };
     if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        count("refused");
         return Err(shutting_down());
     }
-    let guard = app.locks.acquire_with(&name, opts).await.map_err(failed)?;
+    let guard = match app.locks.acquire_with(&name, opts).await {
+        Ok(g) => g,
+        Err(e) => {
+            count(if matches!(e, Error::Busy { .. }) {
+                "busy"
+            } else {
+                "error"
+            });
+            return Err(failed(e));
+        }
+    };
     if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
         // Shutdown began while this waited: hand back what was just granted.
         let _ = guard.release().await;
+        count("refused");
         return Err(shutting_down());
     }
+    count("granted");
     let body = serde_json::json!({
         "name": name,
         "token": guard.token().to_string(),
@@ -538,7 +564,14 @@ async fn lock_release(
     let name = path(name)?;
     let req: TokenBody = json_body(body).await?;
     let lease = named_lease(&name, req.token.as_deref(), Duration::ZERO)?;
-    let released = app.locks.release(&lease).await.map_err(failed)?;
+    let released = app.locks.release(&lease).await;
+    let result = match &released {
+        Ok(true) => "released",
+        Ok(false) => "not_held",
+        Err(_) => "error",
+    };
+    metrics::counter!("distkit_node_lock_releases_total", "result" => result).increment(1);
+    let released = released.map_err(failed)?;
     Ok(axum::Json(serde_json::json!({ "released": released })).into_response())
 }
 
@@ -611,6 +644,7 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    crate::observe::process(app.started);
     match &app.metrics {
         Some(h) => (
             [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
