@@ -91,6 +91,15 @@ pub struct NodeArgs {
     /// 3, a key whose owner is down is still served, by a replica.
     #[arg(long, env = "DISTKIT_REPLICAS")]
     pub replicas: Option<usize>,
+    /// The shortest election timeout in milliseconds (default 150).
+    #[arg(long, env = "DISTKIT_ELECTION_TIMEOUT_MIN_MS")]
+    pub election_timeout_min_ms: Option<u64>,
+    /// The longest election timeout in milliseconds (default 300).
+    #[arg(long, env = "DISTKIT_ELECTION_TIMEOUT_MAX_MS")]
+    pub election_timeout_max_ms: Option<u64>,
+    /// The leader's heartbeat interval in milliseconds (default 50).
+    #[arg(long, env = "DISTKIT_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// The TOML file's shape.
@@ -304,10 +313,19 @@ impl Settings {
             cache_ttl: (ttl_ms > 0).then(|| ms(ttl_ms)),
             replicas: args.replicas.or(file.cache.replicas).unwrap_or(1),
             election_timeout: (
-                ms(file.election.timeout_min_ms.unwrap_or(150)),
-                ms(file.election.timeout_max_ms.unwrap_or(300)),
+                ms(args
+                    .election_timeout_min_ms
+                    .or(file.election.timeout_min_ms)
+                    .unwrap_or(150)),
+                ms(args
+                    .election_timeout_max_ms
+                    .or(file.election.timeout_max_ms)
+                    .unwrap_or(300)),
             ),
-            heartbeat: ms(file.election.heartbeat_ms.unwrap_or(50)),
+            heartbeat: ms(args
+                .heartbeat_ms
+                .or(file.election.heartbeat_ms)
+                .unwrap_or(50)),
         })
     }
 }
@@ -399,6 +417,20 @@ max_entries = 5
             ..NodeArgs::default()
         };
         assert!(Settings::resolve(&dev_with_peers).is_err());
+        // Election timings as flags too (over the file).
+        let timed = NodeArgs {
+            config: Some(path.clone()),
+            election_timeout_min_ms: Some(400),
+            election_timeout_max_ms: Some(800),
+            heartbeat_ms: Some(100),
+            ..NodeArgs::default()
+        };
+        let s = Settings::resolve(&timed).unwrap();
+        assert_eq!(
+            s.election_timeout,
+            (Duration::from_millis(400), Duration::from_millis(800))
+        );
+        assert_eq!(s.heartbeat, Duration::from_millis(100));
         std::fs::write(&path, "bogus = 1").unwrap();
         assert!(
             Settings::resolve(&args).is_err(),
