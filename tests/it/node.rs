@@ -1114,3 +1114,120 @@ async fn metrics_have_help_lines_histograms_and_move() {
     let _ = signal(child.id(), "TERM");
     let _ = child.wait();
 }
+
+/// Client authentication: with a token file, a request without a listed token gets 401 on
+/// every public route (the probes stay open), and a read token cannot write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tokens_guard_the_public_api_by_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("clients");
+    std::fs::write(
+        &tokens,
+        "# who may do what\nread reader-token\nwrite writer-token\n",
+    )
+    .unwrap();
+    let port = distkit_testkit::free_port().unwrap();
+    let mut child = Command::new(NODE)
+        .args(["--id", "solo", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--client-tokens")
+        .arg(&tokens)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .env_remove("DISTKIT_PEERS")
+        .env_remove("DISTKIT_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the node binary starts");
+    let u = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    while http.get(format!("{u}/healthz")).send().await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the node did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let code = |r: reqwest::Response| r.status().as_u16();
+    // No token, or a wrong one: 401 everywhere but the probes.
+    for bad in [None, Some("nope")] {
+        let with = |rb: reqwest::RequestBuilder| match bad {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        };
+        for req in [
+            with(http.get(format!("{u}/v1/cluster"))),
+            with(http.get(format!("{u}/metrics"))),
+            with(http.get(format!("{u}/v1/cache/k"))),
+            with(http.put(format!("{u}/v1/cache/k")).body("v")),
+            with(http.delete(format!("{u}/v1/cache/k"))),
+            with(http.post(format!("{u}/v1/locks/l")).body("{}")),
+            with(http.delete(format!("{u}/v1/locks/l")).body("{}")),
+            with(http.post(format!("{u}/v1/locks/l/extend")).body("{}")),
+        ] {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), 401);
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["kind"], "unauthorized");
+        }
+    }
+    assert_eq!(
+        code(http.get(format!("{u}/healthz")).send().await.unwrap()),
+        200
+    );
+    // A read token reads, and cannot write.
+    let r = |rb: reqwest::RequestBuilder| rb.bearer_auth("reader-token");
+    assert_eq!(
+        code(r(http.get(format!("{u}/v1/cluster"))).send().await.unwrap()),
+        200
+    );
+    assert_eq!(
+        code(r(http.get(format!("{u}/v1/cache/k"))).send().await.unwrap()),
+        404
+    );
+    let denied = r(http.put(format!("{u}/v1/cache/k")).body("v"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status().as_u16(), 403);
+    let body: Value = denied.json().await.unwrap();
+    assert_eq!(body["kind"], "forbidden");
+    assert_eq!(
+        code(
+            r(http.post(format!("{u}/v1/locks/l")).body("{}"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        403
+    );
+    // A write token does both.
+    let w = |rb: reqwest::RequestBuilder| rb.bearer_auth("writer-token");
+    assert_eq!(
+        code(
+            w(http.put(format!("{u}/v1/cache/k")).body("v"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        204
+    );
+    assert_eq!(
+        code(r(http.get(format!("{u}/v1/cache/k"))).send().await.unwrap()),
+        200
+    );
+    assert_eq!(
+        code(
+            w(http.post(format!("{u}/v1/locks/l")).body("{}"))
+                .send()
+                .await
+                .unwrap()
+        ),
+        200
+    );
+    let _ = signal(child.id(), "TERM");
+    let _ = child.wait();
+}

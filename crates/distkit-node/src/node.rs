@@ -258,6 +258,10 @@ pub async fn run(
                 "this route does not take that method",
             )
         })
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            client_auth,
+        ))
         .with_state(app.clone())
         .merge(http_router(app.elector.inbox(), app.settings.token.clone()))
         .merge(app.cache.router())
@@ -349,12 +353,51 @@ async fn serve(
     }
 }
 
+/// With client tokens configured, every public route but /healthz and /readyz needs a listed
+/// bearer token, and a read token may only GET: 401 without a known token, 403 for a write
+/// with a read token. (The peer routes check the cluster token themselves.)
+async fn client_auth(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(tokens) = &app.settings.client_tokens else {
+        return next.run(req).await;
+    };
+    if matches!(req.uri().path(), "/healthz" | "/readyz") {
+        return next.run(req).await;
+    }
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    // Every token is compared (in constant time), whichever matches.
+    let mut known = None;
+    for (write, t) in tokens {
+        if t.matches_authorization(header) {
+            known = Some(known.unwrap_or(false) | *write);
+        }
+    }
+    let Some(may_write) = known else {
+        return error(StatusCode::UNAUTHORIZED, "missing or unknown client token");
+    };
+    let reads = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if !reads && !may_write {
+        return error(StatusCode::FORBIDDEN, "this client token may only read");
+    }
+    next.run(req).await
+}
+
 /// A refusal that is not an [`Error`], with the JSON body every distkit router sends.
 fn error(status: StatusCode, message: &str) -> Response {
     let kind = match status {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::REQUEST_TIMEOUT => "timeout",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",

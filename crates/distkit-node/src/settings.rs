@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use distkit_core::{Error, NodeId};
+use distkit_core::{ClusterToken, Error, NodeId};
 use serde::Deserialize;
 
 /// The cache's default cap: 256 MiB of keys and values, whatever their count (the first
@@ -100,12 +100,18 @@ pub struct NodeArgs {
     /// The leader's heartbeat interval in milliseconds (default 50).
     #[arg(long, env = "DISTKIT_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
+    /// A file of client tokens, one `read TOKEN` or `write TOKEN` a line (# for comments).
+    /// With it, every public route but /healthz and /readyz needs `Authorization: Bearer`
+    /// with a listed token; a read token may only GET.
+    #[arg(long, env = "DISTKIT_CLIENT_TOKENS")]
+    pub client_tokens: Option<PathBuf>,
 }
 
 /// The TOML file's shape.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    client_tokens: Option<PathBuf>,
     id: Option<String>,
     listen: Option<SocketAddr>,
     token: Option<String>,
@@ -189,6 +195,8 @@ pub struct Settings {
     pub election_timeout: (Duration, Duration),
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// Client tokens and their scope (`true`: may write); `None`: the public API is open.
+    pub client_tokens: Option<Vec<(bool, ClusterToken)>>,
 }
 
 impl Settings {
@@ -326,8 +334,44 @@ impl Settings {
                 .heartbeat_ms
                 .or(file.election.heartbeat_ms)
                 .unwrap_or(50)),
+            client_tokens: match args.client_tokens.clone().or(file.client_tokens) {
+                Some(path) => Some(read_client_tokens(&path)?),
+                None => None,
+            },
         })
     }
+}
+
+/// Reads a client token file: `read TOKEN` or `write TOKEN` a line, `#` comments.
+fn read_client_tokens(path: &std::path::Path) -> Result<Vec<(bool, ClusterToken)>, Error> {
+    let bad =
+        |why: String| Error::invalid_input("client tokens", format!("{}: {why}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut tokens = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (scope, token) = line.split_once(char::is_whitespace).ok_or_else(|| {
+            bad(format!(
+                "line {} is not `read TOKEN` or `write TOKEN`",
+                n + 1
+            ))
+        })?;
+        let write = match scope {
+            "read" => false,
+            "write" => true,
+            other => return Err(bad(format!("line {}: unknown scope {other:?}", n + 1))),
+        };
+        let token =
+            ClusterToken::new(token.trim()).map_err(|e| bad(format!("line {}: {e}", n + 1)))?;
+        tokens.push((write, token));
+    }
+    if tokens.is_empty() {
+        return Err(bad("it lists no token".into()));
+    }
+    Ok(tokens)
 }
 
 #[cfg(test)]
@@ -417,6 +461,23 @@ max_entries = 5
             ..NodeArgs::default()
         };
         assert!(Settings::resolve(&dev_with_peers).is_err());
+        // Client token files: scopes read and write, comments; anything else is refused.
+        let clients = dir.join("clients");
+        for (text, ok) in [
+            ("read r\nwrite w\n# note\n\n", true),
+            ("admin x\n", false),
+            ("read\n", false),
+            ("# nothing\n", false),
+            ("read tab\there\n", false),
+        ] {
+            std::fs::write(&clients, text).unwrap();
+            let args = NodeArgs {
+                id: Some("n".into()),
+                client_tokens: Some(clients.clone()),
+                ..NodeArgs::default()
+            };
+            assert_eq!(Settings::resolve(&args).is_ok(), ok, "{text:?}");
+        }
         // Election timings as flags too (over the file).
         let timed = NodeArgs {
             config: Some(path.clone()),
