@@ -1,12 +1,13 @@
 //! Configuring a cache node: every setting validated once, nothing spawned.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use distkit_core::{ClusterToken, Error, NodeId};
 
 use crate::cache::{DistributedCache, Inner, Parts};
 use crate::local::{self, Capacity};
-use crate::membership::Membership;
+use crate::membership::{Members, Membership};
 use crate::peer::PeerClient;
 
 /// Default key limit in bytes.
@@ -208,12 +209,19 @@ impl DistributedCacheBuilder {
                 ),
             ));
         }
-        let members = Membership::new(self.id.clone(), &self.peers_checked()?)?;
+        let members = Arc::new(Members::new(Membership::new(
+            self.id.clone(),
+            &self.peers_checked()?,
+        )?));
         let token = match self.token.as_deref() {
             Some(t) => Some(ClusterToken::new(t)?),
             None => None,
         };
-        let client = PeerClient::new(self.token.clone().unwrap_or_default(), self.request_timeout)?;
+        let client = PeerClient::new(
+            self.token.clone().unwrap_or_default(),
+            self.request_timeout,
+            members.clone(),
+        )?;
         let hot_capacity = match self.capacity {
             Capacity::Entries(n) => Capacity::Entries((n / 8).max(1)),
             Capacity::Bytes(n) => Capacity::Bytes((n / 8).max(1)),

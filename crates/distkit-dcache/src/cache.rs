@@ -18,7 +18,7 @@ use crate::builder::{DistributedCacheBuilder, check_ttl};
 use crate::loads::{AttemptId, Claim, LoadTable, SlotId};
 use crate::local::{self, Entry};
 use crate::maintenance::Maintenance;
-use crate::membership::{Members, Membership, Owner};
+use crate::membership::{Members, Owner};
 use crate::metrics::Metrics;
 use crate::peer::{PeerClient, PeerLoad, PeerService, RemoteLoad};
 use crate::versions::Versions;
@@ -55,7 +55,7 @@ pub(crate) struct Parts {
     pub(crate) hot: Option<moka::future::Cache<String, Entry>>,
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) hot_ttl: Duration,
-    pub(crate) members: Membership,
+    pub(crate) members: Arc<Members>,
     pub(crate) client: PeerClient,
     pub(crate) token: Option<ClusterToken>,
     pub(crate) max_key: usize,
@@ -72,7 +72,7 @@ pub(crate) struct Inner {
     pub(crate) hot: Option<moka::future::Cache<String, Entry>>,
     default_ttl: Option<Duration>,
     hot_ttl: Duration,
-    pub(crate) members: Members,
+    pub(crate) members: Arc<Members>,
     pub(crate) client: PeerClient,
     /// `None` without peers: then the peer routes refuse every request.
     pub(crate) token: Option<ClusterToken>,
@@ -95,6 +95,19 @@ pub(crate) struct Inner {
     pub(crate) versions: Versions,
     pub(crate) breaker: Breaker,
     pub(crate) metrics: Metrics,
+}
+
+/// The next number of `counter`, at least `floor`; `None` at the top of the number space
+/// (refused rather than wrapped or saturated: a number is never handed out twice).
+pub(crate) fn next_number(counter: &AtomicU64, floor: u64) -> Option<u64> {
+    let mut next = 0;
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
+            next = p.checked_add(1)?.max(floor);
+            Some(next)
+        })
+        .ok()
+        .map(|_| next)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -204,14 +217,13 @@ async fn follow(
 
 impl Inner {
     pub(crate) fn new(p: Parts) -> Arc<Self> {
-        p.client.set_members(p.members.fingerprint());
         Arc::new(Self {
             id: p.id,
             local: p.local,
             hot: p.hot,
             default_ttl: p.default_ttl,
             hot_ttl: p.hot_ttl,
-            members: Members::new(p.members),
+            members: p.members,
             client: p.client,
             token: p.token,
             max_key: p.max_key,
@@ -263,6 +275,13 @@ impl Inner {
         }
     }
 
+    /// A counter of this node's that reached the top of its number space.
+    pub(crate) fn exhausted(&self, what: &str) -> Error {
+        Error::NoCapacity {
+            reason: format!("the {what} of node {} cannot go any higher", self.id),
+        }
+    }
+
     fn unreachable(&self, owner: &NodeId, until: Instant) -> Error {
         Error::Unavailable {
             endpoint: owner.to_string(),
@@ -305,7 +324,7 @@ impl Inner {
         let entry = {
             let _order = self.versions.lock(key).await;
             self.check_still_owner(key)?;
-            let entry = self.entry(value, ttl).with_version(self.next_write());
+            let entry = self.entry(value, ttl).with_version(self.next_write()?);
             self.local.insert(key.to_owned(), entry.clone()).await;
             self.supersede_load(key, Phase::Done(Ok(entry.clone())));
             entry
@@ -396,7 +415,14 @@ impl Inner {
                 return Err(e);
             }
         };
-        let entry = self.entry(value, ttl).with_version(self.next_write());
+        let version = match self.next_write() {
+            Ok(v) => v,
+            Err(e) => {
+                guard.finish(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let entry = self.entry(value, ttl).with_version(version);
         let current = {
             let _order = self.versions.lock(key).await;
             let current = guard.finish(Ok(entry.clone()));
@@ -428,7 +454,8 @@ impl Inner {
     /// may serve an older copy until they notice (the gap in sequence numbers on the next
     /// invalidation, or the staleness check), at most the hot-copy TTL.
     async fn announce(&self, key: &str) -> Result<(), Error> {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
+        let seq =
+            next_number(&self.seq, 0).ok_or_else(|| self.exhausted("write sequence numbers"))?;
         let members = self.members.load();
         if members.peer_count() == 0 {
             return Ok(());
@@ -493,70 +520,55 @@ impl Inner {
     /// Owner: a local caller's `get_or_load`: at most one load at a time per key, whoever
     /// asks; a leader that goes away hands over at once.
     async fn load_as_owner(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
-        let mut loader = Some(loader);
+        if let Some(e) = local::live(&self.local, key).await {
+            self.metrics.hit_local.increment(1);
+            return Ok(e.value);
+        }
+        let guard = match self.lead_or_follow(&self.owned_loads, key).await {
+            Ok(guard) => guard,
+            Err(followed) => return followed,
+        };
+        // A value stored since the look-up (by a write, or a load this caller followed before
+        // it came to lead): no load needed.
+        if let Some(e) = local::live(&self.local, key).await {
+            self.metrics.hit_local.increment(1);
+            guard.finish(Ok(e.clone()));
+            return Ok(e.value);
+        }
+        self.metrics.loads.increment(1);
+        let loaded = self.run_loader(key, loader).await;
+        self.store_loaded(key, guard, loaded).await.map(|e| e.value)
+    }
+
+    /// Claims the load of `key` in `table` until this caller leads it (`Ok`, with the guard
+    /// that hands over if dropped) or a load it followed ended (`Err`, with that outcome).
+    async fn lead_or_follow<'a>(
+        &self,
+        table: &'a Mutex<LoadTable<Signal>>,
+        key: &'a str,
+    ) -> Result<LeadGuard<'a>, Result<Bytes, Error>> {
         loop {
-            if let Some(e) = local::live(&self.local, key).await {
-                self.metrics.hit_local.increment(1);
-                return Ok(e.value);
-            }
-            let claim = lock(&self.owned_loads).claim(key, Instant::now(), new_signal, None);
+            let claim = lock(table).claim(key, Instant::now(), new_signal, None);
             match claim {
-                Claim::Lead { attempt, .. } => {
-                    let guard = LeadGuard {
-                        table: &self.owned_loads,
+                Claim::Lead { attempt } => {
+                    return Ok(LeadGuard {
+                        table,
                         key,
                         attempt,
                         armed: true,
-                    };
-                    // A value stored between the look-up and the claim: no load needed.
-                    if let Some(e) = local::live(&self.local, key).await {
-                        guard.finish(Ok(e.clone()));
-                        return Ok(e.value);
-                    }
-                    let Some(l) = loader.take() else {
-                        // Unreachable: a caller leads at most once (it returns after its
-                        // load); kept as a typed error rather than a panic.
-                        drop(guard);
-                        return Err(Error::Timeout {
-                            operation: "cache load",
-                            after: self.load_timeout,
-                        });
-                    };
-                    self.metrics.loads.increment(1);
-                    let loaded = self.run_loader(key, l).await;
-                    return self.store_loaded(key, guard, loaded).await.map(|e| e.value);
+                    });
                 }
                 Claim::Follow {
                     slot,
                     signal,
                     lease_ends,
-                    ..
                 } => {
-                    let table = &self.owned_loads;
-                    if let Some(r) = self
-                        .follow_load(table, key, slot, &signal, lease_ends)
-                        .await
-                    {
-                        return r;
+                    self.metrics.coalesced.increment(1);
+                    if let Waited::Done(r) = follow(table, key, slot, &signal, lease_ends).await {
+                        return Err(r.map(|e| e.value));
                     }
                 }
             }
-        }
-    }
-
-    /// A caller of `get_or_load` follows another's load: its value, or `None` to claim again.
-    async fn follow_load(
-        &self,
-        table: &Mutex<LoadTable<Signal>>,
-        key: &str,
-        slot: SlotId,
-        signal: &Signal,
-        lease_ends: Instant,
-    ) -> Option<Result<Bytes, Error>> {
-        self.metrics.coalesced.increment(1);
-        match follow(table, key, slot, signal, lease_ends).await {
-            Waited::Done(r) => Some(r.map(|e| e.value)),
-            Waited::Again => None,
         }
     }
 
@@ -659,46 +671,14 @@ impl Inner {
         key: &str,
         loader: Loader,
     ) -> Result<Bytes, Error> {
-        let mut loader = Some(loader);
-        loop {
-            let claim = lock(&self.remote_loads).claim(key, Instant::now(), new_signal, None);
-            match claim {
-                Claim::Lead { attempt, .. } => {
-                    let guard = LeadGuard {
-                        table: &self.remote_loads,
-                        key,
-                        attempt,
-                        armed: true,
-                    };
-                    let Some(l) = loader.take() else {
-                        // Unreachable, as above.
-                        drop(guard);
-                        return Err(Error::Timeout {
-                            operation: "cache load",
-                            after: self.load_timeout,
-                        });
-                    };
-                    let r = self.remote_load(owner, url, key, l).await;
-                    // Followers get the same result: an entry carrying the value.
-                    guard.finish(r.clone().map(|v| Entry::new(v, None)));
-                    return r;
-                }
-                Claim::Follow {
-                    slot,
-                    signal,
-                    lease_ends,
-                    ..
-                } => {
-                    let table = &self.remote_loads;
-                    if let Some(r) = self
-                        .follow_load(table, key, slot, &signal, lease_ends)
-                        .await
-                    {
-                        return r;
-                    }
-                }
-            }
-        }
+        let guard = match self.lead_or_follow(&self.remote_loads, key).await {
+            Ok(guard) => guard,
+            Err(followed) => return followed,
+        };
+        let r = self.remote_load(owner, url, key, loader).await;
+        // Followers get the same result: an entry carrying the value.
+        guard.finish(r.clone().map(|v| Entry::new(v, None)));
+        r
     }
 
     async fn remote_load(
@@ -1088,7 +1068,7 @@ impl DistributedCache {
         self.inner
             .members
             .update(|m| m.with_peer(id.clone(), url.clone()))?;
-        self.members_changed().await;
+        self.inner.drop_unowned().await;
         Ok(())
     }
 
@@ -1103,15 +1083,8 @@ impl DistributedCache {
             self.inner.versions.forget(&id);
             self.inner.breaker.reset(&id);
         }
-        self.members_changed().await;
-        Ok(())
-    }
-
-    async fn members_changed(&self) {
-        self.inner
-            .client
-            .set_members(self.inner.members.load().fingerprint());
         self.inner.drop_unowned().await;
+        Ok(())
     }
 
     /// The node that owns `key` in this node's view of the ring.
@@ -1344,5 +1317,25 @@ impl DistributedCache {
     /// node's ownership of the key, is returned to its caller but not stored.
     pub async fn get_or_load(&self, key: &str, loader: Loader) -> Result<Bytes, Error> {
         self.inner.get_or_load(key, loader).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::next_number;
+
+    #[test]
+    fn numbers_grow_from_their_floor_and_stop_at_the_top() {
+        let c = AtomicU64::new(0);
+        assert_eq!(next_number(&c, 0), Some(1));
+        assert_eq!(next_number(&c, 100), Some(100));
+        assert_eq!(next_number(&c, 5), Some(101));
+        c.store(u64::MAX - 1, Ordering::SeqCst);
+        assert_eq!(next_number(&c, 0), Some(u64::MAX));
+        // Refused, not wrapped to 0 or saturated into a repeat of u64::MAX.
+        assert_eq!(next_number(&c, 0), None);
+        assert_eq!(c.load(Ordering::SeqCst), u64::MAX);
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct Membership {
     me: NodeId,
     ring: HashRing,
     urls: HashMap<NodeId, String>,
+    /// A digest of the member ids, derived once per snapshot (every key request sends it).
+    fingerprint: u64,
 }
 
 impl Membership {
@@ -40,6 +42,7 @@ impl Membership {
             me: me.clone(),
             ring: HashRing::new(),
             urls: HashMap::new(),
+            fingerprint: 0,
         };
         m.ring
             .add_node(Node::new(me, "self"))
@@ -48,6 +51,7 @@ impl Membership {
             m = m.with_peer(id.clone(), url.clone())?;
         }
         m.epoch = 0;
+        m.fingerprint = m.digest();
         Ok(m)
     }
 
@@ -64,8 +68,7 @@ impl Membership {
             .add_node(Node::new(id.clone(), url.clone()))
             .map_err(|e| Error::invalid_input("peer", e.to_string()))?;
         next.urls.insert(id, url);
-        next.epoch = self.epoch.saturating_add(1);
-        Ok(next)
+        next.changed()
     }
 
     /// A copy without peer `id`.
@@ -78,8 +81,17 @@ impl Membership {
             .remove_node(id)
             .map_err(|e| Error::invalid_input("peer", e.to_string()))?;
         next.urls.remove(id);
-        next.epoch = self.epoch.saturating_add(1);
-        Ok(next)
+        next.changed()
+    }
+
+    /// The snapshot after a change: the next epoch (refused rather than wrapped or
+    /// saturated: two snapshots must never share one) and a fresh fingerprint.
+    fn changed(mut self) -> Result<Self, Error> {
+        self.epoch = self.epoch.checked_add(1).ok_or_else(|| {
+            Error::invalid_input("members", "the membership epoch cannot go any higher")
+        })?;
+        self.fingerprint = self.digest();
+        Ok(self)
     }
 
     /// The owner of `key`. Without peers, this node, without a ring lookup.
@@ -140,6 +152,10 @@ impl Membership {
     /// on two nodes exactly when they agree on who the members are. Peers compare it on
     /// every key request and refuse to act on a disagreement rather than use a wrong owner.
     pub(crate) fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    fn digest(&self) -> u64 {
         let mut ids: Vec<&str> = self.urls.keys().map(NodeId::as_str).collect();
         ids.push(self.me.as_str());
         ids.sort_unstable();

@@ -44,6 +44,7 @@ use distkit_core::{ClusterToken, Error, ErrorBody, NodeId, PeerUrl};
 use serde::Deserialize;
 
 use crate::local::Entry;
+use crate::membership::Members;
 
 const TTL_HEADER: &str = "x-distkit-ttl-ms";
 const SEQ_HEADER: &str = "x-distkit-seq";
@@ -72,12 +73,16 @@ pub(crate) struct PeerClient {
     timeout: Duration,
     /// What this node presents; empty when it has no peers (nothing is then sent).
     token: Arc<str>,
-    /// This node's membership fingerprint, sent with every key request.
-    members: Arc<std::sync::atomic::AtomicU64>,
+    /// This node's members, whose fingerprint goes with every key request.
+    members: Arc<Members>,
 }
 
 impl PeerClient {
-    pub(crate) fn new(token: String, timeout: Duration) -> Result<Self, Error> {
+    pub(crate) fn new(
+        token: String,
+        timeout: Duration,
+        members: Arc<Members>,
+    ) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
@@ -90,14 +95,8 @@ impl PeerClient {
             http,
             timeout,
             token: token.into(),
-            members: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            members,
         })
-    }
-
-    /// Sets the membership fingerprint sent from now on.
-    pub(crate) fn set_members(&self, fingerprint: u64) {
-        self.members
-            .store(fingerprint, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Tells the node at `base` that it is being added to this node's members: it drops
@@ -132,7 +131,7 @@ impl PeerClient {
     }
 
     fn request(&self, method: reqwest::Method, url: reqwest::Url) -> reqwest::RequestBuilder {
-        let members = self.members.load(std::sync::atomic::Ordering::SeqCst);
+        let members = self.members.peek().fingerprint();
         self.http
             .request(method, url)
             .bearer_auth(&*self.token)

@@ -6,13 +6,12 @@
 //! owner's included) confirmed. When the owner cannot be reached, the next holder that
 //! answers serves reads and `get_or_load`, without a load.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use distkit_core::{Error, NodeId};
 
-use crate::cache::Inner;
+use crate::cache::{Inner, next_number};
 use crate::local::{self, Entry};
 use crate::membership::Owner;
 
@@ -20,17 +19,13 @@ impl Inner {
     /// The next write number: `max(previous + 1, wall clock in microseconds)`, so numbers
     /// keep growing across a restart of the owner (as long as its clock does not step back),
     /// and a replica never prefers a value written before the restart.
-    pub(crate) fn next_write(&self) -> u64 {
+    /// At the top of the number space it is refused, never saturated: two writes must not
+    /// share a number.
+    pub(crate) fn next_write(&self) -> Result<u64, Error> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        let prev = self
-            .writes
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| {
-                Some(p.saturating_add(1).max(now))
-            })
-            .unwrap_or_else(|p| p);
-        prev.saturating_add(1).max(now)
+        next_number(&self.writes, now).ok_or_else(|| self.exhausted("write numbers"))
     }
 
     /// Owner: sends the write (a value, or a delete when `entry` is `None`) to the other
@@ -41,7 +36,10 @@ impl Inner {
             return Ok(());
         }
         let holders = self.members.load().holders(key, self.replicas);
-        let version = entry.map_or_else(|| self.next_write(), |e| e.version);
+        let version = match entry {
+            Some(e) => e.version,
+            None => self.next_write()?,
+        };
         let sends = holders.iter().filter_map(|h| match h {
             Owner::Peer(id, url) => Some(async move {
                 let r = match entry {
