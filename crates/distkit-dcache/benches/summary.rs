@@ -397,23 +397,40 @@ async fn remote_throughput(
     callers: usize,
     dur: Duration,
 ) -> f64 {
+    let (node, key) = (node.clone(), key.to_owned());
+    ops_per_second(
+        callers,
+        dur,
+        Arc::new(move |_, _| {
+            let (node, key) = (node.clone(), key.clone());
+            Box::pin(async move { node.get(&key).await.is_ok_and(|v| v.is_some()) })
+        }),
+    )
+    .await
+}
+
+/// `tasks` callers on the runtime's workers run `op(task, iteration)` for `dur`; the
+/// operations per second that returned true.
+async fn ops_per_second(tasks: usize, dur: Duration, op: Op) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..callers {
-        let (node, key, stop, count) = (node.clone(), key.to_owned(), stop.clone(), count.clone());
-        tasks.push(tokio::spawn(async move {
+    let mut handles = Vec::new();
+    for t in 0..tasks as u64 {
+        let (op, stop, count) = (op.clone(), stop.clone(), count.clone());
+        handles.push(tokio::spawn(async move {
+            let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                if node.get(&key).await.is_ok_and(|v| v.is_some()) {
+                if op(t, i).await {
                     count.fetch_add(1, Ordering::Relaxed);
                 }
+                i += 1;
             }
         }));
     }
     tokio::time::sleep(dur).await;
     stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
+    for h in handles {
+        let _ = h.await;
     }
     count.load(Ordering::Relaxed) as f64 / dur.as_secs_f64()
 }
@@ -589,9 +606,10 @@ impl SeedCache {
     }
 }
 
-/// One operation of the mixed workload: (task, iteration) to a future.
+/// One operation of a throughput workload: (task, iteration) to a future that says whether
+/// it counts.
 type Op = Arc<
-    dyn Fn(u64, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    dyn Fn(u64, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
         + Send
         + Sync,
 >;
@@ -608,28 +626,7 @@ async fn mixed_ops() -> (f64, f64) {
         seed.set(&k, Bytes::from_static(b"v")).await;
     }
     let dur = Duration::from_secs(2);
-    let run = |op: Op| async move {
-        let stop = Arc::new(AtomicBool::new(false));
-        let count = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for t in 0..8u64 {
-            let (op, stop, count) = (op.clone(), stop.clone(), count.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    op(t, i).await;
-                    i += 1;
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            }));
-        }
-        tokio::time::sleep(dur).await;
-        stop.store(true, Ordering::Relaxed);
-        for t in tasks {
-            let _ = t.await;
-        }
-        count.load(Ordering::Relaxed) as f64 / dur.as_secs_f64()
-    };
+    let run = |op: Op| ops_per_second(8, dur, op);
     let o = ours.clone();
     let ours_rate = run(Arc::new(move |t, i| {
         let o = o.clone();
@@ -643,6 +640,7 @@ async fn mixed_ops() -> (f64, f64) {
                         .ok(),
                 );
             }
+            true
         })
     }))
     .await;
@@ -656,6 +654,7 @@ async fn mixed_ops() -> (f64, f64) {
             } else {
                 black_box(s.get(&format!("fill:{}", (i * 7919 + t) % 100_000)).await);
             }
+            true
         })
     }))
     .await;
