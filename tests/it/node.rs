@@ -55,6 +55,38 @@ fn spawn_with(ports: &[u16], i: usize, data: &std::path::Path, env: &[(&str, &st
     spawn_full(ports, i, data, env, TOKEN)
 }
 
+/// The node binary with the tests' defaults: quiet logs, no peers or token from the
+/// environment, no standard streams.
+fn node_command() -> Command {
+    let mut c = Command::new(NODE);
+    c.env("RUST_LOG", "warn")
+        .env_remove("DISTKIT_PEERS")
+        .env_remove("DISTKIT_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// Polls `/v1/cluster` at `url` until `ready` holds for the answer (at most 10 s).
+async fn wait_status(
+    http: &reqwest::Client,
+    url: &str,
+    what: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = status(http, url).await
+            && ready(&s)
+        {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn spawn_full(
     ports: &[u16],
     i: usize,
@@ -66,7 +98,7 @@ fn spawn_full(
         .filter(|&j| j != i)
         .map(|j| format!("node-{j}=http://127.0.0.1:{}", ports[j]))
         .collect();
-    Command::new(NODE)
+    node_command()
         .args([
             "--id",
             &format!("node-{i}"),
@@ -76,11 +108,7 @@ fn spawn_full(
         .args(["--token", token, "--peer", &peers.join(",")])
         .arg("--data-dir")
         .arg(data)
-        .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("the node binary starts")
 }
@@ -525,33 +553,18 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
 async fn a_node_without_peers_leads_at_once_and_serves() {
     let dir = tempfile::tempdir().unwrap();
     let port = distkit_testkit::free_port().unwrap();
-    let mut child = Command::new(NODE)
+    let mut child = node_command()
         .args(["--id", "solo", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .env_remove("DISTKIT_PEERS")
-        .env_remove("DISTKIT_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("the node binary starts");
     let u = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let start = Instant::now();
-    let leading = loop {
-        if let Some(s) = status(&http, &u).await
-            && s["leader"] == "solo"
-        {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the single node did not lead"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let leading = wait_status(&http, &u, "the single node did not lead", |s| {
+        s["leader"] == "solo"
+    })
+    .await;
     assert_eq!(leading["role"], "leader");
     assert_eq!(leading["lease"], true);
     let r = http
@@ -779,16 +792,10 @@ async fn an_acquire_waiting_at_shutdown_gets_503_and_holds_nothing() {
 }
 
 fn spawn_solo(port: u16, data: &std::path::Path) -> Child {
-    Command::new(NODE)
+    node_command()
         .args(["--id", "solo", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data)
-        .env("RUST_LOG", "warn")
-        .env_remove("DISTKIT_PEERS")
-        .env_remove("DISTKIT_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("the node binary starts")
 }
@@ -804,14 +811,7 @@ async fn half_sent_requests_are_cut_and_cannot_hold_shutdown() {
     let mut child = spawn_solo(port, dir.path());
     let u = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let start = Instant::now();
-    while status(&http, &u).await.is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the node did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_status(&http, &u, "the node did not start", |_| true).await;
     let slow = |n: usize| -> Vec<std::net::TcpStream> {
         (0..n)
             .map(|_| {
@@ -958,33 +958,15 @@ async fn dev_mode_serves_at_once_and_no_arguments_says_what_to_do() {
     );
 
     let port = distkit_testkit::free_port().unwrap();
-    let mut child = Command::new(NODE)
+    let mut child = node_command()
         .current_dir(cwd.path())
         .args(["--dev", "--listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
-        .env_remove("DISTKIT_PEERS")
-        .env_remove("DISTKIT_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("the node binary starts");
     let u = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let start = Instant::now();
-    loop {
-        if let Some(s) = status(&http, &u).await
-            && s["leader"] == "dev"
-        {
-            assert_eq!(s["lock_backend"], "in-process");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "dev mode did not lead"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let s = wait_status(&http, &u, "dev mode did not lead", |s| s["leader"] == "dev").await;
+    assert_eq!(s["lock_backend"], "in-process");
     let put = http
         .put(format!("{u}/v1/cache/greeting"))
         .body("hello")
@@ -1033,17 +1015,10 @@ async fn metrics_have_help_lines_histograms_and_move() {
     let mut child = spawn_solo(port, dir.path());
     let u = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let start = Instant::now();
-    while status(&http, &u)
-        .await
-        .is_none_or(|s| s["leader"] != "solo")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the node did not lead"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_status(&http, &u, "the node did not lead", |s| {
+        s["leader"] == "solo"
+    })
+    .await;
     let scrape = || async {
         http.get(format!("{u}/metrics"))
             .send()
@@ -1127,18 +1102,12 @@ async fn client_tokens_guard_the_public_api_by_scope() {
     )
     .unwrap();
     let port = distkit_testkit::free_port().unwrap();
-    let mut child = Command::new(NODE)
+    let mut child = node_command()
         .args(["--id", "solo", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--client-tokens")
         .arg(&tokens)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .env("RUST_LOG", "warn")
-        .env_remove("DISTKIT_PEERS")
-        .env_remove("DISTKIT_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("the node binary starts");
     let u = format!("http://127.0.0.1:{port}");
