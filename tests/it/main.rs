@@ -3,4 +3,5 @@
 
 mod dlock;
 mod node;
+mod node_tls;
 mod umbrella;

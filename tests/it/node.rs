@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const NODE: &str = env!("CARGO_BIN_EXE_node-under-test");
-const TOKEN: &str = "node-test-token";
+pub(crate) const NODE: &str = env!("CARGO_BIN_EXE_node-under-test");
+pub(crate) const TOKEN: &str = "node-test-token";
 
 struct Proc {
     child: Option<Child>,
@@ -35,7 +35,7 @@ impl Drop for Cluster {
     }
 }
 
-fn signal(pid: u32, sig: &str) -> std::io::Result<()> {
+pub(crate) fn signal(pid: u32, sig: &str) -> std::io::Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
@@ -57,7 +57,7 @@ fn spawn_with(ports: &[u16], i: usize, data: &std::path::Path, env: &[(&str, &st
 
 /// The node binary with the tests' defaults: quiet logs, no peers or token from the
 /// environment, no standard streams.
-fn node_command() -> Command {
+pub(crate) fn node_command() -> Command {
     let mut c = Command::new(NODE);
     c.env("RUST_LOG", "warn")
         .env_remove("DISTKIT_PEERS")
@@ -69,7 +69,7 @@ fn node_command() -> Command {
 }
 
 /// Polls `/v1/cluster` at `url` until `ready` holds for the answer (at most 10 s).
-async fn wait_status(
+pub(crate) async fn wait_status(
     http: &reqwest::Client,
     url: &str,
     what: &str,
@@ -154,7 +154,7 @@ impl Cluster {
     }
 }
 
-async fn status(http: &reqwest::Client, url: &str) -> Option<Value> {
+pub(crate) async fn status(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(format!("{url}/v1/cluster"))
         .send()
         .await
@@ -425,8 +425,13 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
         ),
         (
             http.get(format!("{u}/v1/cache/{long_key}")),
-            413,
+            414,
             "oversized key",
+        ),
+        (
+            http.post(format!("{u}/v1/locks/{}", "n".repeat(257))),
+            414,
+            "a lock name over 256 bytes",
         ),
         (
             http.get(format!("{u}/v1/cache/%FF%FE")),
@@ -473,6 +478,40 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         assert!(body["error"].is_string(), "{what}: JSON error body");
         assert!(body["kind"].is_string(), "{what}: the error's kind");
+    }
+    // What the HTTP parser refuses before any handler sees it (reqwest will not even send
+    // it): a 64 KB key in the request line, a 1 MB header.
+    let port = c.procs[0].port;
+    let long_line = format!(
+        "GET /v1/cache/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "k".repeat(64 * 1024)
+    );
+    let big_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n",
+        "h".repeat(1024 * 1024)
+    );
+    for (request, want, what) in [
+        (long_line, 414, "a 64 KB key"),
+        (big_header, 431, "a 1 MB header"),
+        (
+            "GET / HTTP/1.1\r\nbad header line\r\n\r\n".to_owned(),
+            400,
+            "a malformed header",
+        ),
+    ] {
+        let (status, body) = raw_request(port, request.as_bytes()).await;
+        assert_eq!(status, want, "{what}");
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        assert!(body["error"].is_string(), "{what}: JSON error body {body}");
+        assert_eq!(
+            body["kind"],
+            if want == 400 {
+                "invalid_input"
+            } else {
+                "too_large"
+            },
+            "{what}"
+        );
     }
     // Everything else still works.
     let r = http
@@ -545,6 +584,26 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
         "prometheus text: {metrics}"
     );
     let _ = c.procs[0].port;
+}
+
+/// Sends `request` as raw bytes (the part the server reads before it answers, at least) and
+/// returns the response's status and body.
+async fn raw_request(port: u16, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // The server may answer and close before it has read everything: a failed write is fine.
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(request)).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
 }
 
 /// The first wave refused a node without peers ("a node needs at least one peer"). A node
@@ -676,6 +735,8 @@ async fn leases_are_released_through_any_node_and_survive_a_rejected_extend() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let token = grant["token"].as_str().unwrap().to_owned();
+    // Node 1 may still be starting on a loaded machine.
+    wait_status(&http, &u1, "node 1 did not start", |_| true).await;
     let zero = http
         .post(format!("{u0}/v1/locks/shared/extend"))
         .body(format!("{{\"token\": \"{token}\", \"ttl_ms\": 0}}"))

@@ -66,6 +66,8 @@
 //!
 //! * `axum` (off by default): `impl IntoResponse for Error` (and for [`ErrorBody`]), the one
 //!   conversion from an error to an HTTP response that every distkit router uses.
+//! * `tls` (off by default): [`tls::PeerTls`], the certificate authority a peer client
+//!   verifies its peers against (rustls with aws-lc-rs).
 //!
 //! # Supported Rust versions
 //!
@@ -85,6 +87,8 @@ mod error;
 mod ids;
 mod locate;
 mod lock;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod token;
 mod url;
 

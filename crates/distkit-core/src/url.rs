@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::Error;
 
-/// A peer's base URL: `http://host:port`, nothing more. The host is a name (letters, digits,
+/// A peer's base URL: `http://host:port` or `https://host:port`, nothing more. The host is a name (letters, digits,
 /// `-` and `.`), an IPv4 address or a bracketed IPv6 address; the port is explicit and in
 /// `1..=65535`. No path, query, credentials, whitespace or control characters: what a peer
 /// is addressed by must not be open to interpretation.
@@ -15,8 +15,9 @@ use crate::Error;
 /// assert_eq!(PeerUrl::parse("http://127.0.0.1:7001/")?.as_str(), "http://127.0.0.1:7001");
 /// assert!(PeerUrl::parse("http://node-2.internal:7002").is_ok());
 /// assert!(PeerUrl::parse("http://[::1]:7003").is_ok());
+/// assert!(PeerUrl::parse("https://node-3.internal:7003")?.is_tls());
 /// for bad in ["http://h", "http://h:0", "http://h:99999", "http://h:1/path", "http://u:p@h:1",
-///             "https://h:1", "http://h:1\n", "http:// h:1", "http://h\u{202e}:1"] {
+///             "ftp://h:1", "http://h:1\n", "http:// h:1", "http://h\u{202e}:1"] {
 ///     assert!(PeerUrl::parse(bad).is_err(), "{bad:?}");
 /// }
 /// # Ok::<(), distkit_core::Error>(())
@@ -37,12 +38,18 @@ impl PeerUrl {
         let bad = |why: &str| {
             Error::invalid_input(
                 "peer url",
-                format!("{:?} {why}; expected http://host:port", truncate(url)),
+                format!(
+                    "{:?} {why}; expected http://host:port or https://host:port",
+                    truncate(url)
+                ),
             )
         };
         let trimmed = url.strip_suffix('/').unwrap_or(url);
-        let Some(rest) = trimmed.strip_prefix("http://") else {
-            return Err(bad("does not start with http://"));
+        let Some(rest) = trimmed
+            .strip_prefix("http://")
+            .or_else(|| trimmed.strip_prefix("https://"))
+        else {
+            return Err(bad("does not start with http:// or https://"));
         };
         let port = if let Some(v6) = rest.strip_prefix('[') {
             let Some((addr, after)) = v6.split_once(']') else {
@@ -84,6 +91,39 @@ impl PeerUrl {
         match port.parse::<u32>() {
             Ok(1..=65535) => Ok(Self(trimmed.to_owned())),
             _ => Err(bad("has a port outside 1..=65535")),
+        }
+    }
+
+    /// Whether the peer is reached over TLS (`https://`).
+    #[must_use]
+    pub fn is_tls(&self) -> bool {
+        self.0.starts_with("https://")
+    }
+
+    /// Checks that this URL's scheme fits a client that does (`tls`) or does not speak TLS
+    /// to its peers: with TLS every peer must be `https://` (a plaintext peer would be a
+    /// downgrade), without it none may be.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the URL and what to change.
+    pub fn check_scheme(&self, tls: bool) -> Result<(), Error> {
+        match (tls, self.is_tls()) {
+            (true, false) => Err(Error::invalid_input(
+                "peer url",
+                format!(
+                    "{} is plaintext, but peers are reached over TLS: every peer must be https://",
+                    self.0
+                ),
+            )),
+            (false, true) => Err(Error::invalid_input(
+                "peer url",
+                format!(
+                    "{} needs TLS: configure the peer client's CA (the `tls` feature's PeerTls)",
+                    self.0
+                ),
+            )),
+            _ => Ok(()),
         }
     }
 

@@ -38,6 +38,7 @@ pub struct DistributedCacheBuilder {
     staleness_check: Duration,
     replicas: usize,
     write_acks: Option<usize>,
+    tls: Option<crate::peer::TlsConfig>,
 }
 
 /// The most copies of a value a cluster keeps (the owner's included).
@@ -147,6 +148,14 @@ impl DistributedCacheBuilder {
         self
     }
 
+    /// Reaches peers over TLS: every peer URL must then be `https://`, and each peer's
+    /// certificate must be signed by the CA in `tls`.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: distkit_core::tls::PeerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Validates and builds. Nothing is spawned: start the background work (sweeps and the
     /// staleness check) with [`DistributedCache::start_maintenance`].
     ///
@@ -155,7 +164,7 @@ impl DistributedCacheBuilder {
     /// [`Error::InvalidInput`] for a zero capacity or limit, zero timeouts, a TTL, idle time
     /// or hot-copy life over [`MAX_TTL`], replicas outside `1..=`[`MAX_REPLICAS`] or write
     /// acks outside `1..=replicas`, peers without a token, a peer equal to this node or
-    /// listed twice, or a URL that is not `http://...`.
+    /// listed twice, or a URL that is not `http://host:port` (`https://` with [`tls`](Self::tls)).
     pub fn build(self) -> Result<DistributedCache, Error> {
         let bad = |what: &'static str, reason: &str| Err(Error::invalid_input(what, reason));
         match self.capacity {
@@ -221,6 +230,7 @@ impl DistributedCacheBuilder {
             self.token.clone().unwrap_or_default(),
             self.request_timeout,
             members.clone(),
+            self.tls.as_ref(),
         )?;
         let hot_capacity = match self.capacity {
             Capacity::Entries(n) => Capacity::Entries((n / 8).max(1)),
@@ -268,13 +278,19 @@ impl DistributedCacheBuilder {
             staleness_check: Duration::from_secs(1),
             replicas: 1,
             write_acks: None,
+            tls: None,
         }
     }
 
     fn peers_checked(&self) -> Result<Vec<(NodeId, String)>, Error> {
         self.peers
             .iter()
-            .map(|(id, url)| Ok((id.clone(), crate::peer::check_url(id, url)?)))
+            .map(|(id, url)| {
+                Ok((
+                    id.clone(),
+                    crate::peer::check_url(id, url, self.tls.is_some())?,
+                ))
+            })
             .collect()
     }
 }

@@ -1057,7 +1057,7 @@ impl DistributedCache {
                 "build the cache with a token before adding peers",
             ));
         }
-        let url = crate::peer::check_url(&id, url)?;
+        let url = crate::peer::check_url(&id, url, self.inner.client.tls())?;
         // Refuse what the snapshot would refuse before telling anyone.
         self.inner
             .members

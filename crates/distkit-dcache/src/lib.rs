@@ -100,7 +100,8 @@
 //!
 //! # Feature flags
 //!
-//! None.
+//! * `tls` (off by default): [`DistributedCacheBuilder::tls`], peers reached over `https://`
+//!   and verified against the cluster's CA (`distkit_core::tls::PeerTls`, rustls).
 //!
 //! # Supported Rust versions
 //!

@@ -52,11 +52,18 @@ const FORWARDED_HEADER: &str = "x-distkit-forwarded";
 /// The sender's membership fingerprint, on every key request.
 const MEMBERS_HEADER: &str = "x-distkit-members";
 
-pub(crate) fn check_url(id: &NodeId, url: &str) -> Result<String, Error> {
+pub(crate) fn check_url(id: &NodeId, url: &str, tls: bool) -> Result<String, Error> {
     PeerUrl::parse(url)
+        .and_then(|u| u.check_scheme(tls).map(|()| u))
         .map(|u| u.as_str().to_owned())
         .map_err(|e| Error::invalid_input("peer url", format!("for {id}: {e}")))
 }
+
+/// The peer client's TLS configuration; without the `tls` feature there is none to give.
+#[cfg(feature = "tls")]
+pub(crate) type TlsConfig = distkit_core::tls::PeerTls;
+#[cfg(not(feature = "tls"))]
+pub(crate) type TlsConfig = std::convert::Infallible;
 
 /// What the owner answered to a load claim.
 pub(crate) enum RemoteLoad {
@@ -75,6 +82,8 @@ pub(crate) struct PeerClient {
     token: Arc<str>,
     /// This node's members, whose fingerprint goes with every key request.
     members: Arc<Members>,
+    /// Whether peers are reached over https.
+    tls: bool,
 }
 
 impl PeerClient {
@@ -82,13 +91,20 @@ impl PeerClient {
         token: String,
         timeout: Duration,
         members: Arc<Members>,
+        tls: Option<&TlsConfig>,
     ) -> Result<Self, Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        #[cfg(feature = "tls")]
+        let http = match tls {
+            Some(tls) => http.tls_backend_preconfigured(tls.client_config()),
+            None => http,
+        };
+        let http = http
             .build()
             .map_err(|e| Error::invalid_input("http client", e.to_string()))?;
         Ok(Self {
@@ -96,7 +112,13 @@ impl PeerClient {
             timeout,
             token: token.into(),
             members,
+            tls: tls.is_some(),
         })
+    }
+
+    /// Whether peers are reached over https.
+    pub(crate) fn tls(&self) -> bool {
+        self.tls
     }
 
     /// Tells the node at `base` that it is being added to this node's members: it drops

@@ -22,6 +22,12 @@ use distkit_core::{ClusterToken, Error, ErrorBody, NodeId, PeerUrl};
 use crate::Envelope;
 use crate::runtime::{Inbox, Transport};
 
+/// The peer client's TLS configuration; without the `tls` feature there is none to give.
+#[cfg(feature = "tls")]
+type TlsConfig = distkit_core::tls::rustls::ClientConfig;
+#[cfg(not(feature = "tls"))]
+type TlsConfig = std::convert::Infallible;
+
 /// The path the router serves.
 pub const MESSAGE_PATH: &str = "/v1/election/message";
 /// The largest message body accepted.
@@ -50,6 +56,31 @@ impl HttpTransport {
         token: impl Into<String>,
         timeout: Duration,
     ) -> Result<Self, Error> {
+        Self::build(peers, token, timeout, None)
+    }
+
+    /// A transport to peers reached over TLS (every URL `https://`), whose certificates must
+    /// be signed by the CA in `tls`.
+    ///
+    /// # Errors
+    ///
+    /// As [`HttpTransport::new`], and [`Error::InvalidInput`] for a plaintext peer URL.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(
+        peers: impl IntoIterator<Item = (NodeId, String)>,
+        token: impl Into<String>,
+        timeout: Duration,
+        tls: &distkit_core::tls::PeerTls,
+    ) -> Result<Self, Error> {
+        Self::build(peers, token, timeout, Some(tls.client_config()))
+    }
+
+    fn build(
+        peers: impl IntoIterator<Item = (NodeId, String)>,
+        token: impl Into<String>,
+        timeout: Duration,
+        tls: Option<TlsConfig>,
+    ) -> Result<Self, Error> {
         let token = ClusterToken::new(token)?;
         if timeout.is_zero() || timeout > crate::MAX_TIMEOUT {
             return Err(Error::invalid_input(
@@ -63,6 +94,7 @@ impl HttpTransport {
         let mut checked: HashMap<NodeId, String> = HashMap::new();
         for (id, url) in peers {
             let url = PeerUrl::parse(&url)?;
+            url.check_scheme(tls.is_some())?;
             if checked
                 .insert(id.clone(), url.as_str().to_owned())
                 .is_some()
@@ -78,7 +110,13 @@ impl HttpTransport {
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        #[cfg(feature = "tls")]
+        let client = match tls {
+            Some(config) => client.tls_backend_preconfigured(config),
+            None => client,
+        };
+        let client = client
             .build()
             .map_err(|e| Error::invalid_input("http client", e.to_string()))?;
         Ok(Self {

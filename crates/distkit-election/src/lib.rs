@@ -77,7 +77,8 @@
 //!
 //! # Feature flags
 //!
-//! None.
+//! * `tls` (off by default): [`HttpTransport::with_tls`], peers reached over `https://` and
+//!   verified against the cluster's CA (`distkit_core::tls::PeerTls`, rustls).
 //!
 //! # Supported Rust versions
 //!

@@ -31,6 +31,20 @@ pub async fn cli_main(cli: Cli) -> ExitCode {
         return ExitCode::from(2);
     }
     match cli.command {
+        Some(Command::Certs { dir, sans, nodes }) => {
+            match crate::generate_certs(&dir, &nodes, &sans) {
+                Ok(files) => {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("distkit-node certs: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Some(Command::Demo { devices }) => match crate::demo::run(devices).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => {

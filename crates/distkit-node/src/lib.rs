@@ -58,7 +58,9 @@ mod cli;
 pub mod demo;
 mod node;
 mod observe;
+mod serve;
 mod settings;
+mod tls;
 
 #[doc(inline)]
 pub use cli::cli_main;
@@ -66,3 +68,5 @@ pub use cli::cli_main;
 pub use node::run;
 #[doc(inline)]
 pub use settings::{Cli, Command, FileConfig, LockBackend, NodeArgs, Settings};
+#[doc(inline)]
+pub use tls::{NodeTls, generate as generate_certs};

@@ -173,11 +173,20 @@ pub async fn run(
     if settings.peers.is_empty() && settings.token.is_empty() {
         settings.token = format!("{:032x}", rand::random::<u128>());
     }
-    let transport = HttpTransport::new(
-        settings.peers.clone(),
-        settings.token.clone(),
-        Duration::from_millis(200),
-    )?;
+    let peer_tls = settings.tls.as_ref().and_then(|t| t.peers.clone());
+    let transport = match &peer_tls {
+        Some(tls) => HttpTransport::with_tls(
+            settings.peers.clone(),
+            settings.token.clone(),
+            Duration::from_millis(200),
+            tls,
+        )?,
+        None => HttpTransport::new(
+            settings.peers.clone(),
+            settings.token.clone(),
+            Duration::from_millis(200),
+        )?,
+    };
     let cfg = Config::builder(
         settings.id.clone(),
         settings.peers.iter().map(|(id, _)| id.clone()),
@@ -214,13 +223,19 @@ pub async fn run(
     for (id, url) in &settings.peers {
         cache = cache.peer(id.clone(), url.clone());
     }
+    if let Some(tls) = &peer_tls {
+        cache = cache.tls(tls.clone());
+    }
     let cache = cache.build()?;
     let maintenance = cache.start_maintenance()?;
     let app = Arc::new(App {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_millis(300))
-            .build()
-            .map_err(|e| Error::invalid_input("http client", e.to_string()))?,
+        http: match &peer_tls {
+            Some(tls) => reqwest::Client::builder().tls_backend_preconfigured(tls.client_config()),
+            None => reqwest::Client::builder(),
+        }
+        .timeout(Duration::from_millis(300))
+        .build()
+        .map_err(|e| Error::invalid_input("http client", e.to_string()))?,
         settings,
         elector,
         cache,
@@ -275,9 +290,14 @@ pub async fn run(
             e,
         )
     })?;
-    tracing::info!(addr = %app.settings.listen, "listening");
+    tracing::info!(
+        addr = %app.settings.listen,
+        tls = app.settings.tls.is_some(),
+        "listening"
+    );
     let stopping = app.clone();
-    serve(listener, router, async move {
+    let server_tls = app.settings.tls.as_ref().map(|t| t.server.clone());
+    crate::serve::serve(listener, router, server_tls, async move {
         shutdown.await;
         tracing::info!("shutting down: refusing new lock grants and resigning");
         stopping
@@ -293,64 +313,6 @@ pub async fn run(
     app.elector.shutdown().await;
     maintenance.shutdown().await;
     Ok(())
-}
-
-/// How long a client may take to send a request's headers; a slower one is disconnected.
-const HEADER_READ: Duration = Duration::from_secs(5);
-/// How long a client may take to send a request's body.
-const BODY_READ: Duration = Duration::from_secs(10);
-/// How long requests in flight may go on after shutdown began; then they are cut.
-const DRAIN: Duration = Duration::from_secs(10);
-
-/// Accepts connections until `shutdown` completes, then lets the requests in flight finish
-/// for at most [`DRAIN`]. Every phase is bounded: headers within [`HEADER_READ`] (hyper's
-/// timer closes a connection that sends them slowly or not at all, so a half-sent request
-/// can no longer hold a node open), bodies within [`BODY_READ`] (in the handlers), idle
-/// keep-alive connections are closed at once at shutdown.
-async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::service::TowerToHyperService;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of file descriptors and the like: pause rather than spin.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(router.clone());
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ)
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("requests still in flight {DRAIN:?} after shutdown began; cutting them off");
-    }
 }
 
 /// With client tokens configured, every public route but /healthz and /readyz needs a listed
@@ -398,7 +360,7 @@ fn error(status: StatusCode, message: &str) -> Response {
         StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::URI_TOO_LONG => "too_large",
         StatusCode::REQUEST_TIMEOUT => "timeout",
         StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         _ => "invalid_input",
@@ -420,14 +382,28 @@ fn from_error(e: &Error) -> Response {
     e.into_response()
 }
 
-fn path(p: Result<Path<String>, PathRejection>) -> Result<String, Response> {
-    p.map(|Path(s)| s)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad path: {e}")))
+/// The key or name in the path: 414 when it is longer than `max` bytes (the URI is too
+/// long for what it names), 400 when it is not UTF-8.
+fn path(
+    p: Result<Path<String>, PathRejection>,
+    max: usize,
+    what: &str,
+) -> Result<String, Response> {
+    let s = p
+        .map(|Path(s)| s)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad path: {e}")))?;
+    if s.len() > max {
+        return Err(error(
+            StatusCode::URI_TOO_LONG,
+            &format!("{what} are at most {max} bytes, got {}", s.len()),
+        ));
+    }
+    Ok(s)
 }
 
 /// A request body of at most `limit` bytes, sent within [`BODY_READ`].
 async fn read_body(body: Body, limit: usize, what: &str) -> Result<axum::body::Bytes, Response> {
-    match tokio::time::timeout(BODY_READ, axum::body::to_bytes(body, limit)).await {
+    match tokio::time::timeout(crate::serve::BODY_READ, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(_)) => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -435,7 +411,10 @@ async fn read_body(body: Body, limit: usize, what: &str) -> Result<axum::body::B
         )),
         Err(_) => Err(error(
             StatusCode::REQUEST_TIMEOUT,
-            &format!("the body did not arrive within {BODY_READ:?}"),
+            &format!(
+                "the body did not arrive within {:?}",
+                crate::serve::BODY_READ
+            ),
         )),
     }
 }
@@ -459,7 +438,7 @@ fn failed(e: Error) -> Response {
 }
 
 async fn cache_get(State(app): State<Arc<App>>, key: Result<Path<String>, PathRejection>) -> Reply {
-    let key = path(key)?;
+    let key = path(key, distkit_dcache::DEFAULT_MAX_KEY, "cache keys")?;
     match app.cache.get(&key).await.map_err(failed)? {
         Some(v) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()),
         None => Err(error(StatusCode::NOT_FOUND, "not cached")),
@@ -477,7 +456,7 @@ async fn cache_put(
     query: Result<Query<TtlQuery>, QueryRejection>,
     body: Body,
 ) -> Reply {
-    let key = path(key)?;
+    let key = path(key, distkit_dcache::DEFAULT_MAX_KEY, "cache keys")?;
     let Ok(Query(q)) = query else {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -507,7 +486,7 @@ async fn cache_delete(
     State(app): State<Arc<App>>,
     key: Result<Path<String>, PathRejection>,
 ) -> Reply {
-    let key = path(key)?;
+    let key = path(key, distkit_dcache::DEFAULT_MAX_KEY, "cache keys")?;
     let deleted = app.cache.delete(&key).await.map_err(failed)?;
     Ok(axum::Json(serde_json::json!({ "deleted": deleted })).into_response())
 }
@@ -531,7 +510,7 @@ async fn lock_acquire(
     name: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Reply {
-    let name = path(name)?;
+    let name = path(name, distkit_dlock::MAX_NAME_LEN, "lock names")?;
     let req: AcquireBody = json_body(body).await?;
     let mut opts = AcquireOptions::new();
     if let Some(ms) = req.ttl_ms {
@@ -604,7 +583,7 @@ async fn lock_release(
     name: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Reply {
-    let name = path(name)?;
+    let name = path(name, distkit_dlock::MAX_NAME_LEN, "lock names")?;
     let req: TokenBody = json_body(body).await?;
     let lease = named_lease(&name, req.token.as_deref(), Duration::ZERO)?;
     let released = app.locks.release(&lease).await;
@@ -623,7 +602,7 @@ async fn lock_extend(
     name: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Reply {
-    let name = path(name)?;
+    let name = path(name, distkit_dlock::MAX_NAME_LEN, "lock names")?;
     let req: TokenBody = json_body(body).await?;
     let ttl = Duration::from_millis(req.ttl_ms.unwrap_or(30_000));
     let mut lease = named_lease(&name, req.token.as_deref(), ttl)?;
@@ -648,7 +627,11 @@ async fn cluster(State(app): State<Arc<App>>) -> Response {
         .clone();
     let mut members = vec![serde_json::json!({
         "id": app.settings.id,
-        "url": format!("http://{}", app.settings.listen),
+        "url": format!(
+            "{}://{}",
+            if app.settings.tls.is_some() { "https" } else { "http" },
+            app.settings.listen
+        ),
         "healthy": true,
         "state": "ok",
         "ring_share": shares.get(&app.settings.id).copied().unwrap_or(0.0),

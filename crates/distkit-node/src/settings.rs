@@ -38,6 +38,20 @@ pub enum Command {
         #[arg(long, default_value_t = 10_000)]
         devices: usize,
     },
+    /// Make a certificate authority and a certificate for each named node, for a TLS
+    /// cluster: DIR/ca.pem (every node's --tls-ca), DIR/NODE.pem and DIR/NODE-key.pem (that
+    /// node's --tls-cert and --tls-key). Refuses a DIR that already has a CA.
+    Certs {
+        /// Where to write the files.
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// A name or address the node certificates are valid for; repeat for each.
+        #[arg(long = "san", default_values_t = ["127.0.0.1".to_owned(), "::1".to_owned(), "localhost".to_owned()])]
+        sans: Vec<String>,
+        /// The nodes, e.g. node-1 node-2 node-3.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 /// Flags (each also settable through the environment variable shown).
@@ -100,6 +114,16 @@ pub struct NodeArgs {
     /// The leader's heartbeat interval in milliseconds (default 50).
     #[arg(long, env = "DISTKIT_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
+    /// The listener's certificate chain (PEM). With it and --tls-key, the node serves its
+    /// public API and peer routes over TLS only, and reaches its peers over https.
+    #[arg(long, env = "DISTKIT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The listener's private key (PEM).
+    #[arg(long, env = "DISTKIT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that peers' certificates must be signed by; needed with TLS and peers.
+    #[arg(long, env = "DISTKIT_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// A file of client tokens, one `read TOKEN` or `write TOKEN` a line (# for comments).
     /// With it, every public route but /healthz and /readyz needs `Authorization: Bearer`
     /// with a listed token; a read token may only GET.
@@ -125,6 +149,16 @@ pub struct FileConfig {
     cache: CacheConfig,
     #[serde(default)]
     election: ElectionConfig,
+    #[serde(default)]
+    tls: TlsConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsConfig {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +231,8 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// Client tokens and their scope (`true`: may write); `None`: the public API is open.
     pub client_tokens: Option<Vec<(bool, ClusterToken)>>,
+    /// TLS for the listener and the peer client; `None`: plaintext.
+    pub tls: Option<crate::NodeTls>,
 }
 
 impl Settings {
@@ -272,6 +308,41 @@ impl Settings {
                  DISTKIT_TOKEN)",
             ));
         }
+        let tls = match (
+            args.tls_cert.clone().or(file.tls.cert),
+            args.tls_key.clone().or(file.tls.key),
+            args.tls_ca.clone().or(file.tls.ca),
+        ) {
+            (Some(cert), Some(key), ca) => {
+                if !peers.is_empty() && ca.is_none() {
+                    return Err(Error::invalid_input(
+                        "tls",
+                        "a TLS node with peers needs --tls-ca: the CA its peers' certificates \
+                         are signed by",
+                    ));
+                }
+                Some(crate::NodeTls::load(&cert, &key, ca.as_deref())?)
+            }
+            (None, None, None) => None,
+            (None, None, Some(_)) => {
+                return Err(Error::invalid_input(
+                    "tls",
+                    "--tls-ca without --tls-cert and --tls-key: a node whose peers speak TLS \
+                     must serve TLS too",
+                ));
+            }
+            _ => {
+                return Err(Error::invalid_input(
+                    "tls",
+                    "give both --tls-cert and --tls-key",
+                ));
+            }
+        };
+        for (id, url) in &peers {
+            distkit_core::PeerUrl::parse(url)
+                .and_then(|u| u.check_scheme(tls.is_some()))
+                .map_err(|e| Error::invalid_input("peer", format!("{id}: {e}")))?;
+        }
         let redlock = if args.redlock.is_empty() {
             file.locks.redlock
         } else {
@@ -338,6 +409,7 @@ impl Settings {
                 Some(path) => Some(read_client_tokens(&path)?),
                 None => None,
             },
+            tls,
         })
     }
 }
@@ -498,6 +570,54 @@ max_entries = 5
             "unknown keys are refused"
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn tls_settings_refuse_half_configurations_and_plaintext_peers() {
+        let dir =
+            std::env::temp_dir().join(format!("distkit-node-tls-settings-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::generate_certs(&dir, &["a".into()], &["127.0.0.1".into()]).unwrap();
+        let tls = |peer: Option<&str>, cert: bool, key: bool, ca: bool| NodeArgs {
+            id: Some("a".into()),
+            token: Some("t".into()),
+            peers: peer.map(|p| vec![p.to_owned()]).unwrap_or_default(),
+            tls_cert: cert.then(|| dir.join("a.pem")),
+            tls_key: key.then(|| dir.join("a-key.pem")),
+            tls_ca: ca.then(|| dir.join("ca.pem")),
+            ..NodeArgs::default()
+        };
+        let https = Some("b=https://127.0.0.1:7002");
+        let http = Some("b=http://127.0.0.1:7002");
+        assert!(
+            Settings::resolve(&tls(https, true, true, true))
+                .unwrap()
+                .tls
+                .is_some()
+        );
+        assert!(
+            Settings::resolve(&tls(None, true, true, false)).is_ok(),
+            "alone: no CA needed"
+        );
+        for (args, why) in [
+            (
+                tls(http, true, true, true),
+                "a plaintext peer of a TLS node",
+            ),
+            (
+                tls(https, false, false, false),
+                "an https peer of a plaintext node",
+            ),
+            (tls(https, true, true, false), "TLS peers without a CA"),
+            (
+                tls(https, true, false, true),
+                "a certificate without its key",
+            ),
+            (tls(https, false, false, true), "a CA without a certificate"),
+        ] {
+            assert!(Settings::resolve(&args).is_err(), "{why}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -45,6 +45,7 @@
 //! | `dlock` | yes | `distkit-dlock` as `distkit::dlock` |
 //! | `election` | yes | `distkit-election` as `distkit::election` |
 //! | `dcache` | yes | `distkit-dcache` as `distkit::dcache` |
+//! | `tls` | no | TLS between peers: `distkit::core::tls`, `HttpTransport::with_tls`, `DistributedCacheBuilder::tls` |
 //!
 //! # Supported Rust versions
 //!
