@@ -1019,9 +1019,14 @@ async fn dev_mode_serves_at_once_and_no_arguments_says_what_to_do() {
     );
 
     let port = distkit_testkit::free_port().unwrap();
+    // Logs as JSON lines at debug: the access log is there, the HTTP pool chatter is not.
+    let logs = tempfile::NamedTempFile::new().unwrap();
     let mut child = node_command()
         .current_dir(cwd.path())
         .args(["--dev", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "debug")
+        .stderr(logs.reopen().unwrap())
         .spawn()
         .expect("the node binary starts");
     let u = format!("http://127.0.0.1:{port}");
@@ -1065,6 +1070,29 @@ async fn dev_mode_serves_at_once_and_no_arguments_says_what_to_do() {
     assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
     let _ = signal(child.id(), "TERM");
     let _ = child.wait();
+    let text = std::fs::read_to_string(logs.path()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["target"] == "distkit_node::access"
+            && l["fields"]["route"] == "/v1/cache/{key}"
+            && l["fields"]["status"] == 204),
+        "an access log line for the PUT: {text}"
+    );
+    let chatter: Vec<&Value> = lines
+        .iter()
+        .filter(|l| {
+            l["target"].as_str().is_some_and(|t| {
+                ["hyper", "reqwest", "h2", "rustls"]
+                    .iter()
+                    .any(|q| t.starts_with(q))
+            })
+        })
+        .collect();
+    assert!(chatter.is_empty(), "HTTP internals at debug: {chatter:?}");
 }
 
 /// The metrics an operator expects from etcd-like systems: every family has a HELP line,

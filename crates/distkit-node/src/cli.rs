@@ -57,13 +57,6 @@ pub async fn cli_main(cli: Cli) -> ExitCode {
             }
         },
         None => {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .try_init();
             let settings = match Settings::resolve(&cli.node) {
                 Ok(s) => s,
                 Err(e) => {
@@ -71,9 +64,11 @@ pub async fn cli_main(cli: Cli) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            init_logs(settings.log_json);
             if cli.node.dev {
-                eprintln!(
-                    "distkit-node: dev mode: one node at http://{} that leads at once, {} locks, data in {}",
+                // A log line, so that it is JSON with --log-format json.
+                tracing::info!(
+                    "dev mode: one node at http://{} that leads at once, {} locks, data in {}",
                     settings.listen,
                     if matches!(settings.locks, crate::LockBackend::InProcess) {
                         "in-process"
@@ -95,6 +90,47 @@ pub async fn cli_main(cli: Cli) -> ExitCode {
     }
 }
 
+/// Crates whose debug logs are connection-pool chatter, not the node's story: kept at warn
+/// unless `RUST_LOG` names them.
+const QUIET: [&str; 6] = [
+    "hyper",
+    "hyper_util",
+    "reqwest",
+    "h2",
+    "rustls",
+    "tokio_rustls",
+];
+
+/// The filter for `RUST_LOG` (default `info`), with [`QUIET`] crates at warn unless named.
+fn log_filter(spec: Option<&str>) -> String {
+    let mut filter = spec.unwrap_or("info").to_owned();
+    for krate in QUIET {
+        let named = filter
+            .split(',')
+            .any(|d| d.split(['=', '[', ':']).next() == Some(krate));
+        if !named {
+            filter.push_str(&format!(",{krate}=warn"));
+        }
+    }
+    filter
+}
+
+/// Logs to stderr, as text (colored on a terminal) or JSON lines.
+fn init_logs(json: bool) {
+    let spec = std::env::var("RUST_LOG").ok();
+    let filter = EnvFilter::try_new(log_filter(spec.as_deref()))
+        .unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        logs.json().try_init()
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
+    };
+}
+
 /// SIGTERM or SIGINT.
 async fn shutdown_signal() {
     let term = async {
@@ -108,5 +144,22 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_chatter_stays_quiet_unless_named() {
+        let f = log_filter(Some("debug"));
+        assert!(f.starts_with("debug,"));
+        assert!(f.contains(",hyper=warn") && f.contains(",hyper_util=warn"));
+        let f = log_filter(Some("debug,hyper_util=trace"));
+        assert!(f.contains("hyper_util=trace") && !f.contains("hyper_util=warn"));
+        assert!(f.contains(",hyper=warn"), "hyper_util does not name hyper");
+        assert!(log_filter(None).starts_with("info,"));
+        assert!(EnvFilter::try_new(log_filter(Some("debug"))).is_ok());
     }
 }

@@ -81,8 +81,19 @@ pub(crate) async fn http_layer(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = Instant::now();
+    let method = req.method().clone();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
+    let code = resp.status().as_u16();
+    // The access log: one line per request at debug (`RUST_LOG=distkit_node::access=debug`).
+    tracing::debug!(
+        target: "distkit_node::access",
+        %method,
+        route = %route,
+        status = code,
+        micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    let status = code.to_string();
     metrics::counter!("distkit_node_http_requests_total", "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("distkit_node_http_request_seconds", "route" => route)

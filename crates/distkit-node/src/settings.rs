@@ -18,7 +18,15 @@ pub(crate) const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// service, all behind one HTTP listener. Settings come from defaults, then the TOML file
 /// given with --config, then DISTKIT_* environment variables, then flags.
 #[derive(Debug, Parser)]
-#[command(name = "distkit-node", version, about, long_about = None)]
+#[command(
+    name = "distkit-node",
+    version,
+    about,
+    long_about = None,
+    after_help = "Logs go to stderr; RUST_LOG sets their level (default info, e.g. \
+                  RUST_LOG=debug, or RUST_LOG=distkit_node::access=debug for an access log). \
+                  HTTP client and server internals stay at warn unless RUST_LOG names them."
+)]
 pub struct Cli {
     /// What to run (default: a node).
     #[command(subcommand)]
@@ -60,10 +68,11 @@ pub struct NodeArgs {
     /// TOML file with the node's settings (flags and environment override it).
     #[arg(short, long, env = "DISTKIT_CONFIG")]
     pub config: Option<PathBuf>,
-    /// This node's id: unique in the cluster, printable, at most 255 bytes.
+    /// This node's id: unique in the cluster, printable, at most 255 bytes [default: node-1,
+    /// or dev with --dev].
     #[arg(long, env = "DISTKIT_ID")]
     pub id: Option<String>,
-    /// Address to listen on for the public API and the peer routes, e.g. 127.0.0.1:7001.
+    /// Address to listen on for the public API and the peer routes [default: 127.0.0.1:7001].
     #[arg(long, env = "DISTKIT_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Shared cluster token that peers present to each other (required with peers). Prefer
@@ -88,32 +97,36 @@ pub struct NodeArgs {
     /// Redis URLs for Redlock (comma-separated; use 3 or 5 independent servers).
     #[arg(long, env = "DISTKIT_REDLOCK", value_delimiter = ',')]
     pub redlock: Vec<String>,
-    /// Directory for the durable election vote (created if missing).
+    /// Directory for the durable election vote, created if missing [default:
+    /// ./distkit-data/ID, or a fresh temporary directory with --dev].
     #[arg(long, env = "DISTKIT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Cache capacity in entries (instead of the default byte cap).
     #[arg(long, env = "DISTKIT_CACHE_ENTRIES")]
     pub cache_entries: Option<u64>,
-    /// Cache capacity in bytes of keys and values (default 256 MiB; hot copies and replicas
-    /// included).
+    /// Cache capacity in bytes of keys and values, hot copies and replicas included [default:
+    /// 268435456, 256 MiB].
     #[arg(long, env = "DISTKIT_CACHE_BYTES")]
     pub cache_bytes: Option<u64>,
-    /// Default cache TTL in milliseconds (0: none).
+    /// Default cache TTL in milliseconds, 0 for none [default: 3600000].
     #[arg(long, env = "DISTKIT_CACHE_TTL_MS")]
     pub cache_ttl_ms: Option<u64>,
-    /// Nodes that keep each cache value, the owner's included (1 to 3; default 1). With 2 or
-    /// 3, a key whose owner is down is still served, by a replica.
+    /// Nodes that keep each cache value, the owner's included, 1 to 3. With 2 or 3, a key
+    /// whose owner is down is still served, by a replica [default: 1].
     #[arg(long, env = "DISTKIT_REPLICAS")]
     pub replicas: Option<usize>,
-    /// The shortest election timeout in milliseconds (default 150).
+    /// The shortest election timeout in milliseconds [default: 150].
     #[arg(long, env = "DISTKIT_ELECTION_TIMEOUT_MIN_MS")]
     pub election_timeout_min_ms: Option<u64>,
-    /// The longest election timeout in milliseconds (default 300).
+    /// The longest election timeout in milliseconds [default: 300].
     #[arg(long, env = "DISTKIT_ELECTION_TIMEOUT_MAX_MS")]
     pub election_timeout_max_ms: Option<u64>,
-    /// The leader's heartbeat interval in milliseconds (default 50).
+    /// The leader's heartbeat interval in milliseconds [default: 50].
     #[arg(long, env = "DISTKIT_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
+    /// Log format: text or json (one JSON object a line) [default: text].
+    #[arg(long, env = "DISTKIT_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
     /// The listener's certificate chain (PEM). With it and --tls-key, the node serves its
     /// public API and peer routes over TLS only, and reaches its peers over https.
     #[arg(long, env = "DISTKIT_TLS_CERT")]
@@ -136,6 +149,7 @@ pub struct NodeArgs {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     client_tokens: Option<PathBuf>,
+    log_format: Option<String>,
     id: Option<String>,
     listen: Option<SocketAddr>,
     token: Option<String>,
@@ -233,6 +247,8 @@ pub struct Settings {
     pub client_tokens: Option<Vec<(bool, ClusterToken)>>,
     /// TLS for the listener and the peer client; `None`: plaintext.
     pub tls: Option<crate::NodeTls>,
+    /// Logs as JSON lines instead of text.
+    pub log_json: bool,
 }
 
 impl Settings {
@@ -410,6 +426,16 @@ impl Settings {
                 None => None,
             },
             tls,
+            log_json: match args.log_format.clone().or(file.log_format).as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => {
+                    return Err(Error::invalid_input(
+                        "log format",
+                        format!("{other:?}: use text or json"),
+                    ));
+                }
+            },
         })
     }
 }
