@@ -1160,6 +1160,7 @@ async fn metrics_have_help_lines_histograms_and_move() {
         .await
         .unwrap();
     assert_eq!(grant.status().as_u16(), 200);
+    let grant_body: Value = grant.json().await.unwrap();
     let after = scrape().await;
     assert_eq!(
         count(&after, cluster_route),
@@ -1175,6 +1176,42 @@ async fn metrics_have_help_lines_histograms_and_move() {
     );
     // Keys never become labels: routes are patterns.
     assert!(!after.contains("route=\"/v1/locks/m\""), "{after}");
+    assert!(
+        count(&after, "distkit_node_lock_wait_seconds_count") >= 1.0,
+        "{after}"
+    );
+    // The Grafana dashboard in docs/ plots only families the node writes (each with HELP).
+    let token = grant_body["token"].as_str().unwrap();
+    http.delete(format!("{u}/v1/locks/m"))
+        .body(format!("{{\"token\": \"{token}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    let scraped = scrape().await;
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../docs/ops/grafana-distkit-node.json")).unwrap();
+    let mut families = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("distkit_") {
+                    families.insert(word.trim_end_matches("_bucket").to_owned());
+                }
+            }
+        }
+    }
+    assert!(families.len() >= 15, "{families:?}");
+    for family in &families {
+        // Counted only when a peer refuses the token: this node has no peers.
+        if family == "distkit_node_peer_auth_failures_total" {
+            continue;
+        }
+        assert!(
+            scraped.contains(&format!("# HELP {family} ")),
+            "the dashboard plots {family}, which the node does not write:\n{scraped}"
+        );
+    }
     let _ = signal(child.id(), "TERM");
     let _ = child.wait();
 }

@@ -526,7 +526,10 @@ async fn lock_acquire(
         count("refused");
         return Err(shutting_down());
     }
-    let guard = match app.locks.acquire_with(&name, opts).await {
+    let waited = std::time::Instant::now();
+    let acquired = app.locks.acquire_with(&name, opts).await;
+    metrics::histogram!("distkit_node_lock_wait_seconds").record(waited.elapsed().as_secs_f64());
+    let guard = match acquired {
         Ok(g) => g,
         Err(e) => {
             count(if matches!(e, Error::Busy { .. }) {

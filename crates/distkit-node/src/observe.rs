@@ -34,6 +34,10 @@ pub(crate) fn describe() {
         "distkit_node_lock_releases_total",
         "lock releases through this node, by result (released, not_held, error)"
     );
+    describe_histogram!(
+        "distkit_node_lock_wait_seconds",
+        "time an acquire through this node took, granted or not (waits included)"
+    );
     describe_gauge!(
         "distkit_election_has_leader",
         "1 when this node knows a leader, else 0"
