@@ -421,6 +421,37 @@ async fn a_lost_invalidation_is_caught_by_the_periodic_check() {
     }
 }
 
+/// Found by `cargo xtask chaos` (seed 1): after a partition healed, the owner still held
+/// the peer as suspect and skipped it when invalidating, yet returned `Ok`; the peer, alive
+/// again and holding a hot copy, served the replaced value. A write now asks suspect peers
+/// too and returns `Ok` only when every peer confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_returns_ok_only_when_even_a_suspect_peer_dropped_its_copy() {
+    let mut c = cluster(3, true).await;
+    let key = (0..)
+        .map(|i| format!("s{i}"))
+        .find(|k| c.owner_index(k) == 0)
+        .unwrap();
+    c.caches[0].set(&key, "v0").await.unwrap();
+    warm_hot_copy(&c, 1, &key).await;
+    let addr = c.urls[1].trim_start_matches("http://").to_owned();
+    c.kill(1).await;
+    // Node 1 misses this invalidation; node 0 now holds it as suspect (500 ms).
+    assert!(c.caches[0].set(&key, "lost").await.is_err());
+    let l = TcpListener::bind(&addr).await.unwrap();
+    c.servers[1] = Some(serve(&c.caches[1], l));
+    for i in 0..5 {
+        let value = format!("v{}", i + 1);
+        if c.caches[0].set(&key, value.clone()).await.is_ok() {
+            assert_eq!(
+                c.caches[1].get(&key).await.unwrap().as_deref(),
+                Some(value.as_bytes()),
+                "a write returned Ok, and node 1 still served an older value"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_peer_input_is_refused_with_json_errors() {
     let c = cluster(2, false).await;
