@@ -32,14 +32,17 @@ impl Breaker {
         self.table().get(id).copied().filter(|until| now < *until)
     }
 
-    /// Marks `id` failed. A hold too long for the clock lasts a century.
-    pub(crate) fn trip(&self, id: &NodeId) {
+    /// Marks `id` failed; true when it was not suspect already. A hold too long for the
+    /// clock lasts a century.
+    pub(crate) fn trip(&self, id: &NodeId) -> bool {
         let now = Instant::now();
         let until = now
             .checked_add(self.hold)
             .or_else(|| now.checked_add(crate::MAX_TTL))
             .unwrap_or(now);
-        self.table().insert(id.clone(), until);
+        self.table()
+            .insert(id.clone(), until)
+            .is_none_or(|before| before <= now)
     }
 
     /// Forgets `id` (it answered again, or it left).

@@ -293,10 +293,22 @@ impl Inner {
         }
     }
 
+    /// Counts a failed request to `id`, and skips `id` for a while when it did not answer at
+    /// all (a connection failure or a timeout). A peer that answered with an error is alive:
+    /// an owner's "stored, but a peer did not confirm" or "our members disagree" must not
+    /// make its callers avoid it (the chaos harness saw owners skipped for that). Logged at
+    /// WARN when the peer becomes suspect, not at every failure.
     pub(crate) fn mark_suspect(&self, id: &NodeId, why: &Error) {
         self.metrics.peer_errors.increment(1);
-        tracing::warn!(peer = %id, error = %why, "cache peer failed; skipping it for a while");
-        self.breaker.trip(id);
+        if !crate::peer::unreachable(why) {
+            tracing::debug!(peer = %id, error = %why, "cache peer refused a request");
+            return;
+        }
+        if self.breaker.trip(id) {
+            tracing::warn!(peer = %id, error = %why, "cache peer failed; skipping it for a while");
+        } else {
+            tracing::debug!(peer = %id, error = %why, "cache peer failed again");
+        }
     }
 
     // ---- owner side -------------------------------------------------------------------

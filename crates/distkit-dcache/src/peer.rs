@@ -59,6 +59,13 @@ pub(crate) fn check_url(id: &NodeId, url: &str, tls: bool) -> Result<String, Err
         .map_err(|e| Error::invalid_input("peer url", format!("for {id}: {e}")))
 }
 
+/// Whether `e` means the peer did not answer at all (a connection that failed or broke, or
+/// a timeout), as opposed to an answer that was an error.
+pub(crate) fn unreachable(e: &Error) -> bool {
+    matches!(e, Error::Timeout { .. })
+        || std::error::Error::source(e).is_some_and(|s| s.is::<reqwest::Error>())
+}
+
 /// The peer client's TLS configuration; without the `tls` feature there is none to give.
 #[cfg(feature = "tls")]
 pub(crate) type TlsConfig = distkit_core::tls::PeerTls;
