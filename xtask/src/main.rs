@@ -24,6 +24,14 @@ tasks:
                      criterion benches
   sim [--seeds N]    run N randomized election simulations (default 100000) in release mode;
                      a failing seed is printed with the command that replays it
+  chaos [--quick | --long | ARGS...]
+                     run distkit-node clusters under a seeded nemesis (kills, pauses, network
+                     partitions in namespaces when root, Redis kills, wrong tokens), record
+                     every client operation and check the history; writes target/chaos/RUN/
+                     (history.jsonl, faults.json, verdicts.json, latency.svg). ARGS go to
+                     distkit-chaos: --seed S --time 60s --faults kill,pause,partition
+                     --nodes N --replay DIR. --quick: the CI pass (seed 1, 40 s);
+                     --long: 3 seeds x 190 s with every fault kind
   lint               cargo fmt --check, clippy --all-targets -D warnings, doc with warnings denied
   ci                 lint, then test
 ";
@@ -42,6 +50,7 @@ fn main() -> ExitCode {
         Some("proptest") => proptest(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("sim") => sim(&args[1..]),
+        Some("chaos") => chaos(&args[1..]),
         Some("lint") => lint(),
         Some("ci") => lint().and_then(|()| test()),
         Some(other) => Err(format!("unknown task {other:?}\n\n{TASKS}")),
@@ -113,6 +122,73 @@ fn sim(args: &[String]) -> Result {
         ],
         &[("DISTKIT_SIM_SEEDS", seeds.to_string())],
     )
+}
+
+/// Seeds of `chaos --long`: each runs 190 s of faults, 10 minutes of nemesis in all.
+const LONG_SEEDS: [u64; 3] = [11, 12, 13];
+
+fn chaos(args: &[String]) -> Result {
+    ensure_redis_server()?;
+    cargo(
+        &[
+            "build",
+            "--locked",
+            "-p",
+            "distkit-node",
+            "-p",
+            "distkit-chaos",
+        ],
+        &[],
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let run = |extra: &[&str]| -> Result<bool> {
+        let status = Command::new(target.join("debug/distkit-chaos"))
+            .arg("--node-bin")
+            .arg(target.join("debug/distkit-node"))
+            .arg("--out")
+            .arg(target.join("chaos"))
+            .args(extra)
+            .current_dir(workspace_root())
+            .status()
+            .map_err(|e| format!("could not run distkit-chaos: {e}"))?;
+        match status.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(format!("distkit-chaos failed ({status})")),
+        }
+    };
+    let ok = match args.first().map(String::as_str) {
+        Some("--quick") => run(&[
+            "--seed",
+            "1",
+            "--time",
+            "40s",
+            "--faults",
+            "kill,pause,partition",
+        ])?,
+        Some("--long") => {
+            let mut all = true;
+            for seed in LONG_SEEDS {
+                let seed = seed.to_string();
+                all &= run(&[
+                    "--seed",
+                    &seed,
+                    "--time",
+                    "190s",
+                    "--faults",
+                    "kill,pause,partition,redis,token",
+                ])?;
+            }
+            all
+        }
+        _ => run(&args.iter().map(String::as_str).collect::<Vec<_>>())?,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("the chaos run found violations (see its verdicts above)".into())
+    }
 }
 
 /// Component crates with benchmarks: the summary run (figures and report) and criterion.
