@@ -154,6 +154,11 @@ impl Cluster {
     }
 }
 
+/// Sends `req` and reads its answer as JSON.
+pub(crate) async fn send_json(req: reqwest::RequestBuilder) -> Value {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
 pub(crate) async fn status(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(format!("{url}/v1/cluster"))
         .send()
@@ -527,47 +532,31 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(v.bytes().await.unwrap().as_ref(), b"on");
-    let grant: Value = http
-        .post(format!("{u}/v1/locks/a"))
-        .body("{\"ttl_ms\": 5000}")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let grant = send_json(
+        http.post(format!("{u}/v1/locks/a"))
+            .body("{\"ttl_ms\": 5000}"),
+    )
+    .await;
     let token = grant["token"].as_str().unwrap().to_owned();
     assert!(grant["fencing_token"].as_u64().unwrap() > 0);
-    let ext: Value = http
-        .post(format!("{u}/v1/locks/a/extend"))
-        .body(format!("{{\"token\": \"{token}\", \"ttl_ms\": 9000}}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ext = send_json(
+        http.post(format!("{u}/v1/locks/a/extend"))
+            .body(format!("{{\"token\": \"{token}\", \"ttl_ms\": 9000}}")),
+    )
+    .await;
     assert_eq!(ext["extended"], true);
-    let rel: Value = http
-        .delete(format!("{u}/v1/locks/a"))
-        .body(format!("{{\"token\": \"{token}\"}}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rel = send_json(
+        http.delete(format!("{u}/v1/locks/a"))
+            .body(format!("{{\"token\": \"{token}\"}}")),
+    )
+    .await;
     assert_eq!(rel["released"], true);
     // A token that holds nothing releases nothing: not an error, as in the library.
-    let none: Value = http
-        .delete(format!("{u}/v1/locks/a"))
-        .body(format!("{{\"token\": \"{}\"}}", "0".repeat(32)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let none = send_json(
+        http.delete(format!("{u}/v1/locks/a"))
+            .body(format!("{{\"token\": \"{}\"}}", "0".repeat(32))),
+    )
+    .await;
     assert_eq!(none["released"], false);
     let health = http.get(format!("{u}/healthz")).send().await.unwrap();
     assert!(health.status().is_success());
@@ -752,25 +741,17 @@ async fn leases_are_released_through_any_node_and_survive_a_rejected_extend() {
         .await
         .unwrap();
     assert_eq!(other.status().as_u16(), 409);
-    let ext: Value = http
-        .post(format!("{u1}/v1/locks/shared/extend"))
-        .body(format!("{{\"token\": \"{token}\", \"ttl_ms\": 20000}}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ext = send_json(
+        http.post(format!("{u1}/v1/locks/shared/extend"))
+            .body(format!("{{\"token\": \"{token}\", \"ttl_ms\": 20000}}")),
+    )
+    .await;
     assert_eq!(ext["extended"], true, "extended through the other node");
-    let rel: Value = http
-        .delete(format!("{u1}/v1/locks/shared"))
-        .body(format!("{{\"token\": \"{token}\"}}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rel = send_json(
+        http.delete(format!("{u1}/v1/locks/shared"))
+            .body(format!("{{\"token\": \"{token}\"}}")),
+    )
+    .await;
     assert_eq!(rel["released"], true, "released through the other node");
     let again = http
         .post(format!("{u1}/v1/locks/shared"))
@@ -1046,25 +1027,13 @@ async fn dev_mode_serves_at_once_and_no_arguments_says_what_to_do() {
         .await
         .unwrap();
     assert_eq!(got.bytes().await.unwrap().as_ref(), b"hello");
-    let grant: Value = http
-        .post(format!("{u}/v1/locks/dev-lock"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let grant = send_json(http.post(format!("{u}/v1/locks/dev-lock")).body("{}")).await;
     let token = grant["token"].as_str().unwrap();
-    let rel: Value = http
-        .delete(format!("{u}/v1/locks/dev-lock"))
-        .body(format!("{{\"token\": \"{token}\"}}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rel = send_json(
+        http.delete(format!("{u}/v1/locks/dev-lock"))
+            .body(format!("{{\"token\": \"{token}\"}}")),
+    )
+    .await;
     assert_eq!(rel["released"], true);
     // Its data went to a temporary directory, not the working one.
     assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);

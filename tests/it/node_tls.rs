@@ -5,9 +5,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use crate::node::{NODE, TOKEN, node_command, status, wait_status};
+use crate::node::{NODE, TOKEN, node_command, send_json, status, wait_status};
 
 struct Nodes(Vec<Option<Child>>);
 
@@ -138,15 +136,11 @@ async fn a_tls_cluster_forms_serves_fails_over_and_a_plaintext_node_cannot_join(
             .unwrap();
         assert_eq!(v.bytes().await.unwrap(), format!("v{i}").as_bytes());
     }
-    let grant: Value = http
-        .post(format!("{}/v1/locks/a", urls[2]))
-        .body("{\"ttl_ms\": 5000}")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let grant = send_json(
+        http.post(format!("{}/v1/locks/a", urls[2]))
+            .body("{\"ttl_ms\": 5000}"),
+    )
+    .await;
     assert!(grant["token"].is_string(), "{grant}");
 
     // Plaintext to a TLS listener gets nothing; neither does https without the cluster's CA.
