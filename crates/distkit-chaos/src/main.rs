@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// The distkit-node binary.
-    #[arg(long)]
+    #[arg(long, default_value = "target/debug/distkit-node")]
     node_bin: PathBuf,
     /// Where runs are written (one directory per run).
     #[arg(long, default_value = "target/chaos")]
@@ -47,6 +47,12 @@ struct Args {
     /// Internal: the run directory, when this process is the part inside the hub namespace.
     #[arg(long, hide = true)]
     inner: Option<PathBuf>,
+    /// Draws DIR/latency.svg again from the run's history, with at most --points dots.
+    #[arg(long, value_name = "DIR")]
+    replot: Option<PathBuf>,
+    /// Dots in a plot.
+    #[arg(long, default_value_t = 4000)]
+    points: usize,
     /// Internal: the namespaces' name prefix.
     #[arg(long, hide = true)]
     prefix: Option<String>,
@@ -54,9 +60,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = match &args.inner {
-        Some(dir) => inner(&args, dir),
-        None => outer(&args),
+    let result = match (&args.inner, &args.replot) {
+        (Some(dir), _) => inner(&args, dir),
+        (None, Some(dir)) => replot(dir, args.points),
+        (None, None) => outer(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -69,6 +76,38 @@ fn main() -> ExitCode {
 }
 
 type Result<T> = std::result::Result<T, String>;
+
+/// Draws a run's plot again from its files.
+fn replot(dir: &Path, points: usize) -> Result<bool> {
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .map_err(|e| format!("{}: {e}", dir.join(name).display()))
+    };
+    let plan: Plan = serde_json::from_str(&read("run.json")?).map_err(|e| e.to_string())?;
+    let faults: Vec<FaultSpan> =
+        serde_json::from_str(&read("faults.json")?).map_err(|e| e.to_string())?;
+    let ops = read("history.jsonl")?
+        .lines()
+        .map(|l| serde_json::from_str::<Op>(l).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::write(
+        dir.join("latency.svg"),
+        distkit_chaos::svg::plot(&title(&plan), &ops, &faults, points),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+fn title(plan: &Plan) -> String {
+    format!(
+        "distkit chaos: seed {}, {} s, faults {}, {} nodes ({})",
+        plan.seed,
+        plan.time_s,
+        plan.faults.join(","),
+        plan.nodes,
+        if plan.netns { "namespaces" } else { "loopback" }
+    )
+}
 
 fn parse_time(s: &str) -> Result<u64> {
     let (n, unit) = s
@@ -985,17 +1024,9 @@ fn report(
         serde_json::to_string_pretty(verdicts).map_err(|e| e.to_string())?,
     )
     .map_err(io)?;
-    let title = format!(
-        "distkit chaos: seed {}, {} s, faults {}, {} nodes ({})",
-        plan.seed,
-        plan.time_s,
-        plan.faults.join(","),
-        plan.nodes,
-        if plan.netns { "namespaces" } else { "loopback" }
-    );
     std::fs::write(
         dir.join("latency.svg"),
-        distkit_chaos::svg::plot(&title, ops, faults, 6000),
+        distkit_chaos::svg::plot(&title(plan), ops, faults, 4000),
     )
     .map_err(io)?;
     let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
