@@ -953,8 +953,13 @@ async fn run(plan: Plan, node_bin: PathBuf, dir: PathBuf, prefix: Option<String>
             failure = Some(e);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(step.hold_ms)).await;
+        let early = step
+            .fault
+            .heals_after_ms()
+            .map_or(step.hold_ms, |ms| ms.min(step.hold_ms));
+        tokio::time::sleep(Duration::from_millis(early)).await;
         let healed = cluster.heal(&step.fault);
+        tokio::time::sleep(Duration::from_millis(step.hold_ms - early)).await;
         healed_ns = ctx.rec.now();
         faults.push(FaultSpan {
             what: step.fault.describe(),

@@ -36,7 +36,8 @@ pub enum Fault {
     Split(Vec<usize>, Vec<usize>),
     /// The first and last node cannot reach each other; the one between sees both.
     Bridge(usize, usize, usize),
-    /// SIGKILL Redis; heal restarts it empty (it keeps no data on disk).
+    /// SIGKILL Redis and start it again, empty (it keeps no data on disk), 300 ms later, as a
+    /// supervisor would: the locks it held are gone while their holders still work.
     Redis,
     /// Restart a node with the wrong cluster token; heal restarts it with the right one.
     Token(usize),
@@ -55,6 +56,15 @@ impl Fault {
         }
     }
 
+    /// When the fault heals before its hold is over (a restart right after a crash).
+    #[must_use]
+    pub fn heals_after_ms(&self) -> Option<u64> {
+        match self {
+            Self::Redis => Some(300),
+            _ => None,
+        }
+    }
+
     /// A short description, e.g. `kill node-1`.
     #[must_use]
     pub fn describe(&self) -> String {
@@ -66,7 +76,7 @@ impl Fault {
             Self::Isolate(i) => format!("isolate {}", n(i)),
             Self::Split(a, b) => format!("split [{}] | [{}]", side(a), side(b)),
             Self::Bridge(a, b, c) => format!("bridge {} - {} - {}", n(a), n(b), n(c)),
-            Self::Redis => "kill redis".into(),
+            Self::Redis => "kill and restart redis".into(),
             Self::Token(i) => format!("wrong token on {}", n(i)),
         }
     }
