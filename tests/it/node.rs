@@ -842,6 +842,54 @@ fn spawn_solo(port: u16, data: &std::path::Path) -> Child {
         .expect("the node binary starts")
 }
 
+/// Found by an outside review: at SIGTERM, clients already waiting for a lock held
+/// elsewhere got no answer; the connection was cut when the 10 s drain ran out. They are
+/// answered 503 as soon as shutdown begins, and the node exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_acquires_are_answered_503_when_shutdown_begins() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = distkit_testkit::free_port().unwrap();
+    let mut child = spawn_solo(port, dir.path());
+    let u = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_status(&http, &u, "the node did not start", |s| {
+        s["leader"].is_string()
+    })
+    .await;
+    let held = send_json(
+        http.post(format!("{u}/v1/locks/busy"))
+            .body("{\"ttl_ms\": 30000}"),
+    )
+    .await;
+    assert!(held["token"].is_string());
+    let waiters: Vec<_> = (0..5)
+        .map(|_| {
+            let (http, u) = (http.clone(), u.clone());
+            tokio::spawn(async move {
+                http.post(format!("{u}/v1/locks/busy"))
+                    .body("{\"wait_ms\": 30000}")
+                    .send()
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(child.id(), "TERM").unwrap();
+    let stopping = Instant::now();
+    for w in waiters {
+        let answer = w.await.unwrap().expect("an answer, not a cut connection");
+        assert_eq!(answer.status().as_u16(), 503);
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["kind"], "unavailable");
+    }
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        stopping.elapsed()
+    );
+    let _ = child.wait();
+}
+
 /// Slowloris: the first version let one client that never finished its headers keep a node
 /// alive 30 to 62 s after SIGTERM, and closed none of 200 such clients in 30 s. Headers must
 /// now arrive within 5 s, and shutdown is bounded as a whole.

@@ -44,7 +44,8 @@
 //!
 //! # Supported Rust versions
 //!
-//! The minimum supported Rust version is 1.88.
+//! The minimum supported Rust version is 1.89 (the data directory's lock file uses
+//! `File::try_lock`); the library crates need 1.88.
 
 #![warn(
     missing_docs,

@@ -37,7 +37,7 @@ struct App {
     locks: Arc<dyn DistributedLock>,
     lock_backend: &'static str,
     /// Set when shutdown starts: new lock grants are refused from then on.
-    stopping: std::sync::atomic::AtomicBool,
+    stopping: tokio::sync::watch::Sender<bool>,
     http: reqwest::Client,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// What the background probes last saw of each peer.
@@ -148,9 +148,13 @@ pub async fn run(
     crate::observe::describe();
     std::fs::create_dir_all(&settings.data_dir).map_err(|e| Error::Storage {
         path: settings.data_dir.display().to_string(),
-        reason: "cannot create the data directory".into(),
+        reason: format!("cannot create the data directory: {e}"),
         source: Some(Arc::new(e)),
     })?;
+    // One process per data directory: two nodes sharing one durable vote could both vote in a
+    // term (an outside review ran a second node on a live node's directory; it overwrote the
+    // vote). Held until the process exits.
+    let _data_lock = lock_data_dir(&settings.data_dir)?;
     let (locks, lock_backend): (Arc<dyn DistributedLock>, &'static str) = match &settings.locks {
         LockBackend::InProcess => {
             tracing::warn!(
@@ -241,7 +245,7 @@ pub async fn run(
         cache,
         locks,
         lock_backend,
-        stopping: std::sync::atomic::AtomicBool::new(false),
+        stopping: tokio::sync::watch::Sender::new(false),
         metrics,
         peer_health: std::sync::Mutex::new(HashMap::new()),
         started,
@@ -300,9 +304,7 @@ pub async fn run(
     crate::serve::serve(listener, router, server_tls, async move {
         shutdown.await;
         tracing::info!("shutting down: refusing new lock grants and resigning");
-        stopping
-            .stopping
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        stopping.stopping.send_replace(true);
         let _ = stopping.elector.resign().await;
     })
     .await;
@@ -313,6 +315,42 @@ pub async fn run(
     app.elector.shutdown().await;
     maintenance.shutdown().await;
     Ok(())
+}
+
+/// Takes the data directory's lock file (`LOCK`), or says which process holds it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, Error> {
+    let path = dir.join("LOCK");
+    let storage = |reason: String, e: Option<std::io::Error>| Error::Storage {
+        path: path.display().to_string(),
+        reason,
+        source: e.map(|e| Arc::new(e) as distkit_core::ErrorSource),
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| storage(format!("cannot open the lock file: {e}"), Some(e)))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(storage(
+                format!(
+                    "another node process (pid {}) uses this data directory; give each node its own",
+                    holder.trim()
+                ),
+                None,
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(storage(format!("cannot lock it: {e}"), Some(e)));
+        }
+    }
+    let _ = file.set_len(0);
+    let _ = std::io::Write::write_all(&mut &file, std::process::id().to_string().as_bytes());
+    Ok(file)
 }
 
 /// With client tokens configured, every public route but /healthz and /readyz needs a listed
@@ -517,36 +555,50 @@ async fn lock_acquire(
         opts = opts.ttl(Duration::from_millis(ms));
     }
     if let Some(ms) = req.wait_ms {
-        opts = opts.wait(Duration::from_millis(ms.min(60_000)));
+        if ms > MAX_WAIT_MS {
+            count_acquire("invalid");
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                &format!("wait_ms is at most {MAX_WAIT_MS} (one minute), got {ms}"),
+            ));
+        }
+        opts = opts.wait(Duration::from_millis(ms));
     }
-    let count = |result: &'static str| {
-        metrics::counter!("distkit_node_lock_acquires_total", "result" => result).increment(1);
-    };
-    if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
-        count("refused");
+    let mut stopping = app.stopping.subscribe();
+    if *stopping.borrow_and_update() {
+        count_acquire("refused");
         return Err(shutting_down());
     }
     let waited = std::time::Instant::now();
-    let acquired = app.locks.acquire_with(&name, opts).await;
+    // A waiting acquire is answered 503 as soon as shutdown begins (dropping it is cancel
+    // safe: it leaves no grant behind), instead of being cut off with the connection.
+    let acquired = tokio::select! {
+        r = app.locks.acquire_with(&name, opts) => Some(r),
+        _ = stopping.wait_for(|s| *s) => None,
+    };
     metrics::histogram!("distkit_node_lock_wait_seconds").record(waited.elapsed().as_secs_f64());
     let guard = match acquired {
-        Ok(g) => g,
-        Err(e) => {
-            count(if matches!(e, Error::Busy { .. }) {
-                "busy"
-            } else {
-                "error"
+        None => {
+            count_acquire("refused");
+            return Err(shutting_down());
+        }
+        Some(Ok(g)) => g,
+        Some(Err(e)) => {
+            count_acquire(match &e {
+                Error::Busy { .. } => "busy",
+                e if e.http_status() < 500 => "invalid",
+                _ => "error",
             });
             return Err(failed(e));
         }
     };
-    if app.stopping.load(std::sync::atomic::Ordering::SeqCst) {
-        // Shutdown began while this waited: hand back what was just granted.
+    if *app.stopping.borrow() {
+        // Shutdown began as the grant arrived: hand back what was just granted.
         let _ = guard.release().await;
-        count("refused");
+        count_acquire("refused");
         return Err(shutting_down());
     }
-    count("granted");
+    count_acquire("granted");
     let body = serde_json::json!({
         "name": name,
         "token": guard.token().to_string(),
@@ -557,6 +609,15 @@ async fn lock_acquire(
     // releases or extends it (through any node) or its TTL ends.
     drop(guard.into_lease());
     Ok(axum::Json(body).into_response())
+}
+
+/// The longest `wait_ms` an acquire may ask for.
+const MAX_WAIT_MS: u64 = 60_000;
+
+/// Counts an acquire by its result: granted, busy, refused (shutting down), invalid (the
+/// client's mistake) or error (the backend's).
+fn count_acquire(result: &'static str) {
+    metrics::counter!("distkit_node_lock_acquires_total", "result" => result).increment(1);
 }
 
 fn shutting_down() -> Response {
@@ -684,5 +745,25 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "metrics recorder not installed in this process",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_data_directory_serves_one_node_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = super::lock_data_dir(dir.path()).unwrap();
+        let err = super::lock_data_dir(dir.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(first);
+        assert!(
+            super::lock_data_dir(dir.path()).is_ok(),
+            "free once the first is gone"
+        );
     }
 }

@@ -28,7 +28,7 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         "distkit_node_lock_acquires_total",
-        "lock acquisitions through this node, by result (granted, busy, refused, error)"
+        "lock acquisitions through this node, by result (granted, busy, refused while shutting down, invalid requests, backend error)"
     );
     describe_counter!(
         "distkit_node_lock_releases_total",

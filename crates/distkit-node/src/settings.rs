@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -249,6 +250,8 @@ pub struct Settings {
     pub tls: Option<crate::NodeTls>,
     /// Logs as JSON lines instead of text.
     pub log_json: bool,
+    /// `--dev`'s temporary data directory, removed when the last copy of the settings goes.
+    pub dev_dir: Option<Arc<tempfile::TempDir>>,
 }
 
 impl Settings {
@@ -375,14 +378,39 @@ impl Settings {
             (None, false) => LockBackend::Redlock(redlock),
             (None, true) => LockBackend::InProcess,
         };
-        let data_dir = args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| {
-            if args.dev {
-                // A fresh directory per run: a dev node starts from nothing.
-                std::env::temp_dir().join(format!("distkit-dev-{}", std::process::id()))
-            } else {
-                PathBuf::from(format!("./distkit-data/{id}"))
+        let mut dev_dir = None;
+        let data_dir = match args.data_dir.clone().or(file.data_dir) {
+            Some(d) => d,
+            None if args.dev => {
+                // A fresh directory with a random name, made for this run only (never one
+                // that already exists) and removed when the node exits.
+                let dir = tempfile::Builder::new()
+                    .prefix("distkit-dev-")
+                    .tempdir()
+                    .map_err(|e| {
+                        Error::invalid_input(
+                            "data dir",
+                            format!("cannot make a temporary directory: {e}"),
+                        )
+                    })?;
+                let path = dir.path().to_owned();
+                dev_dir = Some(Arc::new(dir));
+                path
             }
-        });
+            None => {
+                let name = id.as_str();
+                if name == "." || name == ".." || name.contains(['/', '\\']) {
+                    return Err(Error::invalid_input(
+                        "id",
+                        format!(
+                            "{name:?} cannot name the default data directory ./distkit-data/ID; \
+                             choose another id or give --data-dir"
+                        ),
+                    ));
+                }
+                PathBuf::from(format!("./distkit-data/{name}"))
+            }
+        };
         let ms = Duration::from_millis;
         let ttl_ms = args.cache_ttl_ms.or(file.cache.ttl_ms).unwrap_or(3_600_000);
         Ok(Self {
@@ -426,6 +454,7 @@ impl Settings {
                 None => None,
             },
             tls,
+            dev_dir,
             log_json: match args.log_format.clone().or(file.log_format).as_deref() {
                 None | Some("text") => false,
                 Some("json") => true,
@@ -551,8 +580,22 @@ max_entries = 5
         };
         let s = Settings::resolve(&dev).unwrap();
         assert_eq!(s.id.as_str(), "dev");
-        assert!(s.data_dir.starts_with(std::env::temp_dir()));
         assert!(s.peers.is_empty());
+        assert!(s.data_dir.starts_with(std::env::temp_dir()));
+        assert!(s.data_dir.is_dir(), "made at once, for this run only");
+        let again = Settings::resolve(&dev).unwrap();
+        assert_ne!(again.data_dir, s.data_dir, "a random name, never reused");
+        let dev_path = s.data_dir.clone();
+        drop(s);
+        assert!(!dev_path.exists(), "removed with the settings");
+        // An id that would steer the default data directory elsewhere is refused.
+        for id in ["..", ".", "../../escaped", "a/b"] {
+            let args = NodeArgs {
+                id: Some(id.into()),
+                ..NodeArgs::default()
+            };
+            assert!(Settings::resolve(&args).is_err(), "{id:?}");
+        }
         let dev_with_peers = NodeArgs {
             dev: true,
             peers: vec!["m=http://127.0.0.1:1".into()],
