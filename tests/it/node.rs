@@ -455,6 +455,17 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
             "bad ttl",
         ),
         (
+            http.put(format!("{u}/v1/cache/a?TTL_MS=5")).body("v"),
+            400,
+            "an unknown query parameter (it was ignored, storing with the default TTL)",
+        ),
+        (
+            http.post(format!("{u}/v1/locks/a"))
+                .body("{\"wait_ms\": 60001}"),
+            400,
+            "a wait over a minute (it was capped silently)",
+        ),
+        (
             http.get(format!("{u}/v1/nothing-here")),
             404,
             "unknown route",
@@ -502,6 +513,17 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
             "GET / HTTP/1.1\r\nbad header line\r\n\r\n".to_owned(),
             400,
             "a malformed header",
+        ),
+        (
+            "PUT /v1/cache/cut HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc".to_owned(),
+            400,
+            "a body cut off before its length",
+        ),
+        (
+            "PUT /v1/cache/bad HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+                .to_owned(),
+            400,
+            "a malformed chunk",
         ),
     ] {
         let (status, body) = raw_request(port, request.as_bytes()).await;
@@ -584,6 +606,8 @@ async fn raw_request(port: u16, request: &[u8]) -> (u16, String) {
         .unwrap();
     // The server may answer and close before it has read everything: a failed write is fine.
     let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(request)).await;
+    // Then nothing more: a body shorter than its declared length ends here.
+    let _ = s.shutdown().await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out).into_owned();
@@ -1241,7 +1265,7 @@ async fn client_tokens_guard_the_public_api_by_scope() {
     let tokens = dir.path().join("clients");
     std::fs::write(
         &tokens,
-        "# who may do what\nread reader-token\nwrite writer-token\n",
+        "# who may do what\nread reader-token-0123\nwrite writer-token-0123\n",
     )
     .unwrap();
     let port = distkit_testkit::free_port().unwrap();
@@ -1290,8 +1314,26 @@ async fn client_tokens_guard_the_public_api_by_scope() {
         code(http.get(format!("{u}/healthz")).send().await.unwrap()),
         200
     );
+    // A refusal says how to authenticate; the scheme's case does not matter.
+    let refused = http.get(format!("{u}/v1/cluster")).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    assert!(
+        refused
+            .headers()
+            .get("www-authenticate")
+            .is_some_and(|v| v.as_bytes().starts_with(b"Bearer")),
+        "{:?}",
+        refused.headers()
+    );
+    let lower = http
+        .get(format!("{u}/v1/cluster"))
+        .header("authorization", "bearer reader-token-0123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status().as_u16(), 200);
     // A read token reads, and cannot write.
-    let r = |rb: reqwest::RequestBuilder| rb.bearer_auth("reader-token");
+    let r = |rb: reqwest::RequestBuilder| rb.bearer_auth("reader-token-0123");
     assert_eq!(
         code(r(http.get(format!("{u}/v1/cluster"))).send().await.unwrap()),
         200
@@ -1317,7 +1359,7 @@ async fn client_tokens_guard_the_public_api_by_scope() {
         403
     );
     // A write token does both.
-    let w = |rb: reqwest::RequestBuilder| rb.bearer_auth("writer-token");
+    let w = |rb: reqwest::RequestBuilder| rb.bearer_auth("writer-token-0123");
     assert_eq!(
         code(
             w(http.put(format!("{u}/v1/cache/k")).body("v"))

@@ -51,7 +51,11 @@ impl ClusterToken {
     /// time so response timing does not reveal the token.
     #[must_use]
     pub fn matches_authorization(&self, header: Option<&str>) -> bool {
-        let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        // The scheme is case-insensitive (RFC 9110, 11.1): `bearer` and `BEARER` count.
+        let Some(given) = header.and_then(|h| {
+            let (scheme, rest) = h.split_at_checked(7)?;
+            scheme.eq_ignore_ascii_case("Bearer ").then_some(rest)
+        }) else {
             return false;
         };
         let (a, b) = (given.as_bytes(), self.0.as_bytes());
@@ -80,6 +84,14 @@ mod tests {
             "the Bearer scheme is required"
         );
         assert!(!t.matches_authorization(Some("Bearer abcd")));
-        assert!(!t.matches_authorization(Some("bearer abc")));
+        assert!(!t.matches_authorization(Some("Basic abc")));
+        assert!(!t.matches_authorization(Some("Bearer")));
+        assert!(!t.matches_authorization(Some("Bearerxabc")));
+        // The scheme is case-insensitive; the token is not.
+        assert!(t.matches_authorization(Some("bearer abc")));
+        assert!(t.matches_authorization(Some("BEARER abc")));
+        assert!(!t.matches_authorization(Some("Bearer ABC")));
+        // Multi-byte characters where the scheme would end: no panic.
+        assert!(!t.matches_authorization(Some("Beaŕer abc")));
     }
 }

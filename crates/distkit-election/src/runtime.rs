@@ -453,7 +453,7 @@ impl Driver {
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         self.lease_until_us.store(lease, Ordering::Release);
         if let Some(l) = out.leadership {
-            tracing::info!(term = l.term.get(), role = %l.role, leader = ?l.leader.as_ref().map(NodeId::as_str), "leadership changed");
+            tracing::info!(term = l.term.get(), role = %l.role, leader = l.leader.as_ref().map_or("none", NodeId::as_str), "leadership changed");
             self.leadership.send_replace(l);
         }
         true

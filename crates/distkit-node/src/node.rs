@@ -167,6 +167,12 @@ pub async fn run(
         }
         LockBackend::Redis(url) => (Arc::new(RedisLock::new(url.clone())?), "redis"),
         LockBackend::Redlock(urls) => {
+            if urls.len() < 3 {
+                tracing::warn!(
+                    servers = urls.len(),
+                    "Redlock over fewer than 3 servers tolerates no failure; use 3 or 5"
+                );
+            }
             (Arc::new(Redlock::builder(urls.clone()).build()?), "redlock")
         }
     };
@@ -178,6 +184,12 @@ pub async fn run(
         settings.token = format!("{:032x}", rand::random::<u128>());
     }
     let peer_tls = settings.tls.as_ref().and_then(|t| t.peers.clone());
+    if !settings.peers.is_empty() && settings.token.len() < 16 {
+        tracing::warn!(
+            "the cluster token is shorter than 16 bytes: anyone who guesses it can act as a \
+             member; use a random one (e.g. `openssl rand -hex 16`)"
+        );
+    }
     let transport = match &peer_tls {
         Some(tls) => HttpTransport::with_tls(
             settings.peers.clone(),
@@ -295,7 +307,7 @@ pub async fn run(
         )
     })?;
     tracing::info!(
-        addr = %app.settings.listen,
+        addr = %listener.local_addr().unwrap_or(app.settings.listen),
         tls = app.settings.tls.is_some(),
         "listening"
     );
@@ -379,7 +391,12 @@ async fn client_auth(
         }
     }
     let Some(may_write) = known else {
-        return error(StatusCode::UNAUTHORIZED, "missing or unknown client token");
+        let mut refused = error(StatusCode::UNAUTHORIZED, "missing or unknown client token");
+        refused.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer realm=\"distkit\""),
+        );
+        return refused;
     };
     let reads = matches!(
         *req.method(),
@@ -404,7 +421,11 @@ fn error(status: StatusCode, message: &str) -> Response {
         _ => "invalid_input",
     };
     let body = ErrorBody {
-        retryable: status == StatusCode::SERVICE_UNAVAILABLE,
+        // Waiting and sending again can help with these; not with the rest.
+        retryable: matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT
+        ),
         ..ErrorBody::new(kind, message)
     };
     (
@@ -441,12 +462,30 @@ fn path(
 
 /// A request body of at most `limit` bytes, sent within [`BODY_READ`].
 async fn read_body(body: Body, limit: usize, what: &str) -> Result<axum::body::Bytes, Response> {
-    match tokio::time::timeout(crate::serve::BODY_READ, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(error(
+    let too_large = || {
+        error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("{what} are at most {limit} bytes"),
-        )),
+        )
+    };
+    // A body over the limit is read up to the limit before the 413, not refused on its
+    // declared length: a client still sending would see its connection reset, not the 413.
+    match tokio::time::timeout(crate::serve::BODY_READ, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.into_inner().is::<http_body_util::LengthLimitError>();
+            Err(if over {
+                too_large()
+            } else {
+                // Cut off before its declared length, or a malformed chunked encoding.
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "the request body was cut off or malformed",
+                )
+            })
+        }
         Err(_) => Err(error(
             StatusCode::REQUEST_TIMEOUT,
             &format!(
@@ -484,6 +523,7 @@ async fn cache_get(State(app): State<Arc<App>>, key: Result<Path<String>, PathRe
 }
 
 #[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct TtlQuery {
     ttl_ms: Option<u64>,
 }
@@ -498,7 +538,7 @@ async fn cache_put(
     let Ok(Query(q)) = query else {
         return Err(error(
             StatusCode::BAD_REQUEST,
-            "ttl_ms must be a whole number of milliseconds",
+            "the only query parameter is ttl_ms, once, a whole number of milliseconds",
         ));
     };
     let value = read_body(body, distkit_dcache::DEFAULT_MAX_VALUE, "values").await?;

@@ -88,15 +88,26 @@ pub(crate) async fn http_layer(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let resp = next.run(req).await;
     let code = resp.status().as_u16();
-    // The access log: one line per request at debug (`RUST_LOG=distkit_node::access=debug`).
-    tracing::debug!(
-        target: "distkit_node::access",
-        %method,
-        route = %route,
-        status = code,
-        micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        "request"
-    );
+    // The access log: one line per request at debug (`RUST_LOG=distkit_node::access=debug`);
+    // the peers' own traffic (heartbeats: tens a second) only at trace.
+    if route.starts_with("/v1/election/") || route.starts_with("/v1/peer/") {
+        tracing::trace!(
+            target: "distkit_node::access",
+            %method,
+            route = %route,
+            status = code,
+            "peer request"
+        );
+    } else {
+        tracing::debug!(
+            target: "distkit_node::access",
+            %method,
+            route = %route,
+            status = code,
+            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    }
     let status = code.to_string();
     metrics::counter!("distkit_node_http_requests_total", "route" => route.clone(), "status" => status)
         .increment(1);

@@ -85,7 +85,7 @@ pub struct NodeArgs {
     pub token_file: Option<PathBuf>,
     /// Development mode: one node that leads at once, in-process locks (unless --redis),
     /// data in a fresh temporary directory. Like `consul agent -dev`.
-    #[arg(long, env = "DISTKIT_DEV")]
+    #[arg(long, env = "DISTKIT_DEV", value_parser = clap::builder::BoolishValueParser::new(), num_args = 0, default_missing_value = "true")]
     pub dev: bool,
     /// A peer as ID=URL, e.g. node-2=http://127.0.0.1:7002; repeat for each peer (the
     /// environment variable takes a comma-separated list).
@@ -469,12 +469,16 @@ impl Settings {
     }
 }
 
+/// The shortest client token accepted.
+const MIN_CLIENT_TOKEN: usize = 16;
+
 /// Reads a client token file: `read TOKEN` or `write TOKEN` a line, `#` comments.
 fn read_client_tokens(path: &std::path::Path) -> Result<Vec<(bool, ClusterToken)>, Error> {
     let bad =
         |why: String| Error::invalid_input("client tokens", format!("{}: {why}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let mut tokens = Vec::new();
+    let mut seen = std::collections::HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -491,8 +495,23 @@ fn read_client_tokens(path: &std::path::Path) -> Result<Vec<(bool, ClusterToken)
             "write" => true,
             other => return Err(bad(format!("line {}: unknown scope {other:?}", n + 1))),
         };
-        let token =
-            ClusterToken::new(token.trim()).map_err(|e| bad(format!("line {}: {e}", n + 1)))?;
+        let token = token.trim();
+        if token.len() < MIN_CLIENT_TOKEN {
+            return Err(bad(format!(
+                "line {}: a token must be at least {MIN_CLIENT_TOKEN} bytes (use a random one, \
+                 e.g. `openssl rand -hex 16`)",
+                n + 1
+            )));
+        }
+        // The same token twice is a mistake whatever the scopes: with `read` and `write` it
+        // would get write, which defeats taking a client down to read by adding a line.
+        if let Some(line_before) = seen.insert(token.to_owned(), n + 1) {
+            return Err(bad(format!(
+                "line {}: the token of line {line_before} again; list each token once",
+                n + 1
+            )));
+        }
+        let token = ClusterToken::new(token).map_err(|e| bad(format!("line {}: {e}", n + 1)))?;
         tokens.push((write, token));
     }
     if tokens.is_empty() {
@@ -605,11 +624,19 @@ max_entries = 5
         // Client token files: scopes read and write, comments; anything else is refused.
         let clients = dir.join("clients");
         for (text, ok) in [
-            ("read r\nwrite w\n# note\n\n", true),
+            (
+                "read reader-token-0123\nwrite writer-token-0123\n# note\n\n",
+                true,
+            ),
+            ("read short\n", false),
+            (
+                "read the-same-token-twice\nwrite the-same-token-twice\n",
+                false,
+            ),
             ("admin x\n", false),
             ("read\n", false),
             ("# nothing\n", false),
-            ("read tab\there\n", false),
+            ("read tab-in-the-middle\there\n", false),
         ] {
             std::fs::write(&clients, text).unwrap();
             let args = NodeArgs {
