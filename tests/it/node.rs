@@ -914,6 +914,33 @@ async fn waiting_acquires_are_answered_503_when_shutdown_begins() {
     let _ = child.wait();
 }
 
+/// Found by an outside review: the probes never checked who answered, so a peer list with
+/// two URLs swapped (or one pointing back at the node itself) showed every member healthy.
+/// Every response names its node; a probe answered by another node reports `wrong_node`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_url_that_reaches_another_node_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = distkit_testkit::free_port().unwrap();
+    let u = format!("http://127.0.0.1:{port}");
+    let mut child = node_command()
+        .args(["--id", "a", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--token", TOKEN, "--peer", &format!("b={u}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .spawn()
+        .expect("the node binary starts");
+    let http = reqwest::Client::new();
+    let s = wait_status(&http, &u, "member b reported as the wrong node", |s| {
+        s["members"][1]["state"] == "wrong_node"
+    })
+    .await;
+    assert_eq!(s["members"][1]["healthy"], false);
+    let r = http.get(format!("{u}/healthz")).send().await.unwrap();
+    assert_eq!(r.headers()["x-distkit-node"], "a");
+    let _ = signal(child.id(), "TERM");
+    let _ = child.wait();
+}
+
 /// Slowloris: the first version let one client that never finished its headers keep a node
 /// alive 30 to 62 s after SIGTERM, and closed none of 200 such clients in 30 s. Headers must
 /// now arrive within 5 s, and shutdown is bounded as a whole.

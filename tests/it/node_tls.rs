@@ -166,8 +166,8 @@ async fn a_tls_cluster_forms_serves_fails_over_and_a_plaintext_node_cannot_join(
     let second = wait_leader(&http, &urls, Some(first)).await;
     assert_ne!(second, first);
 
-    // The killed node comes back in plaintext: it cannot join. The TLS members report it
-    // unreachable, it learns of no leader, and the leader stays.
+    // The killed node comes back in plaintext: it cannot join. The TLS members report its
+    // failed handshakes (`tls_refused`), it learns of no leader, and the leader stays.
     nodes.0[first] = Some(spawn(&ports, first, &certs, dir.path(), false));
     let plain_url = format!("http://127.0.0.1:{}", ports[first]);
     wait_status(&plain, &plain_url, "the plaintext node starts", |_| true).await;
@@ -175,11 +175,11 @@ async fn a_tls_cluster_forms_serves_fails_over_and_a_plaintext_node_cannot_join(
     let s = wait_status(
         &http,
         &urls[second],
-        "the plaintext node is unreachable",
+        "the plaintext node's handshakes are refused",
         |s| {
             s["members"].as_array().is_some_and(|m| {
                 m.iter()
-                    .any(|m| m["id"] == format!("node-{first}") && m["state"] == "unreachable")
+                    .any(|m| m["id"] == format!("node-{first}") && m["state"] == "tls_refused")
             })
         },
     )
@@ -206,10 +206,60 @@ async fn a_tls_cluster_forms_serves_fails_over_and_a_plaintext_node_cannot_join(
         "{alone}"
     );
 
-    // Back with TLS, it rejoins.
+    // Back with TLS but a certificate from another CA: the members say so.
     if let Some(mut c) = nodes.0[first].take() {
         c.kill().unwrap();
         c.wait().unwrap();
+    }
+    let other = dir.path().join("other-ca");
+    let made = std::process::Command::new(NODE)
+        .args(["certs", "--dir"])
+        .arg(&other)
+        .arg(format!("node-{first}"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let own = dir.path().join("own");
+    std::fs::create_dir_all(&own).unwrap();
+    for f in [format!("node-{first}.pem"), format!("node-{first}-key.pem")] {
+        std::fs::copy(certs.join(&f), own.join(&f)).unwrap();
+        std::fs::copy(other.join(&f), certs.join(&f)).unwrap();
+    }
+    nodes.0[first] = Some(spawn(&ports, first, &certs, dir.path(), true));
+    wait_status(
+        &http,
+        &urls[second],
+        "the foreign certificate is reported",
+        |s| {
+            s["members"].as_array().is_some_and(|m| {
+                m.iter()
+                    .any(|m| m["id"] == format!("node-{first}") && m["state"] == "tls_refused")
+            })
+        },
+    )
+    .await;
+    let metrics = http
+        .get(format!("{}/metrics", urls[second]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "distkit_node_peer_tls_failures_total{{peer=\"node-{first}\"}}"
+        )),
+        "{metrics}"
+    );
+
+    // Back with TLS and its own certificate, it rejoins.
+    if let Some(mut c) = nodes.0[first].take() {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    for f in [format!("node-{first}.pem"), format!("node-{first}-key.pem")] {
+        std::fs::copy(own.join(&f), certs.join(&f)).unwrap();
     }
     nodes.0[first] = Some(spawn(&ports, first, &certs, dir.path(), true));
     wait_status(&http, &urls[first], "the node rejoins over TLS", |s| {

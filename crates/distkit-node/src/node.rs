@@ -61,6 +61,11 @@ enum PeerState {
     TokenRefused,
     /// It did not answer in time, or answered with an error.
     Unreachable,
+    /// The TLS handshake failed: it serves plaintext, or its certificate is not signed by
+    /// this node's CA, has expired, or does not name the address in its URL.
+    TlsRefused,
+    /// Another node answered at its URL (or this node itself): the peer list is wrong.
+    WrongNode,
 }
 
 impl PeerState {
@@ -69,8 +74,34 @@ impl PeerState {
             Self::Ok => "ok",
             Self::TokenRefused => "token_refused",
             Self::Unreachable => "unreachable",
+            Self::TlsRefused => "tls_refused",
+            Self::WrongNode => "wrong_node",
         }
     }
+}
+
+/// The header every response of a node carries, naming it: a peer probe checks that the
+/// node at a peer's URL is that peer.
+const NODE_HEADER: &str = "x-distkit-node";
+
+/// Whether a failed request failed in its TLS handshake (a rustls error somewhere in its
+/// causes; an I/O error carries it inside rather than as its source).
+fn tls_failure(e: &reqwest::Error) -> bool {
+    use distkit_core::tls::rustls;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<rustls::Error>() {
+            return true;
+        }
+        // An I/O error's `source` skips the error it wraps: look inside it instead.
+        cause = match c.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
+    }
+    false
 }
 
 /// How often the peers are probed.
@@ -94,12 +125,25 @@ async fn probe_peers(app: std::sync::Weak<App>) {
                     .bearer_auth(&app.settings.token)
                     .send()
                     .await;
-                let state = match r.map(|r| r.status()) {
-                    Ok(s) if s.is_success() => PeerState::Ok,
-                    Ok(StatusCode::UNAUTHORIZED) => PeerState::TokenRefused,
+                if let Err(e) = &r {
+                    tracing::debug!(peer = %id, error = ?e, "peer probe failed");
+                }
+                let answered_as = r.as_ref().ok().and_then(|r| {
+                    r.headers()
+                        .get(NODE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                });
+                let state = match &r {
+                    _ if answered_as.as_deref().is_some_and(|a| a != id.as_str()) => {
+                        PeerState::WrongNode
+                    }
+                    Ok(r) if r.status().is_success() => PeerState::Ok,
+                    Ok(r) if r.status() == StatusCode::UNAUTHORIZED => PeerState::TokenRefused,
+                    Err(e) if tls_failure(e) => PeerState::TlsRefused,
                     _ => PeerState::Unreachable,
                 };
-                (id.clone(), state)
+                (id.clone(), state, answered_as)
             }
         });
         let seen = futures_util::future::join_all(probes).await;
@@ -108,8 +152,31 @@ async fn probe_peers(app: std::sync::Weak<App>) {
             .peer_health
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (id, state) in seen {
+        for (id, state, answered_as) in seen {
             let before = health.get(&id).map(|p| p.state);
+            if state != before.unwrap_or(PeerState::Ok) {
+                match state {
+                    PeerState::TlsRefused => {
+                        metrics::counter!("distkit_node_peer_tls_failures_total", "peer" => id.to_string())
+                            .increment(1);
+                        tracing::warn!(
+                            peer = %id,
+                            "the TLS handshake with the peer failed: it serves plaintext, or \
+                             its certificate is not signed by --tls-ca, has expired or is not \
+                             yet valid, or does not name the address in its URL"
+                        );
+                    }
+                    PeerState::WrongNode => tracing::warn!(
+                        peer = %id,
+                        answered_as = answered_as.as_deref().unwrap_or(""),
+                        "another node answers at this peer's URL: check --peer"
+                    ),
+                    _ => {}
+                }
+            } else if state == PeerState::TlsRefused {
+                metrics::counter!("distkit_node_peer_tls_failures_total", "peer" => id.to_string())
+                    .increment(1);
+            }
             if state == PeerState::TokenRefused {
                 metrics::counter!("distkit_node_peer_auth_failures_total", "peer" => id.to_string())
                     .increment(1);
@@ -296,7 +363,16 @@ pub async fn run(
         .with_state(app.clone())
         .merge(http_router(app.elector.inbox(), app.settings.token.clone()))
         .merge(app.cache.router())
-        .layer(axum::middleware::from_fn(crate::observe::http_layer));
+        .layer(axum::middleware::from_fn(crate::observe::http_layer))
+        .layer(axum::middleware::map_response_with_state(
+            axum::http::HeaderValue::from_str(app.settings.id.as_str())
+                .map_err(|e| Error::invalid_input("id", e.to_string()))?,
+            |axum::extract::State(id): axum::extract::State<axum::http::HeaderValue>,
+             mut resp: Response| async move {
+                resp.headers_mut().insert(NODE_HEADER, id);
+                resp
+            },
+        ));
     // Owned: ends with the elector (its leadership channel closes), and is aborted at exit.
     let election_gauges = tokio::spawn(crate::observe::follow_election(app.elector.clone()));
     let listener = TcpListener::bind(app.settings.listen).await.map_err(|e| {

@@ -38,6 +38,10 @@ pub(crate) fn describe() {
         "distkit_node_lock_wait_seconds",
         "time an acquire through this node took, granted or not (waits included)"
     );
+    describe_counter!(
+        "distkit_node_peer_tls_failures_total",
+        "probes of a peer whose TLS handshake failed (a certificate or CA mistake)"
+    );
     describe_gauge!(
         "distkit_election_has_leader",
         "1 when this node knows a leader, else 0"
