@@ -75,12 +75,43 @@ pub fn generate(dir: &Path, nodes: &[String], sans: &[String]) -> Result<Vec<Pat
     if nodes.is_empty() {
         return Err(Error::invalid_input("nodes", "name at least one node"));
     }
+    let mut names = std::collections::HashSet::new();
     for n in nodes {
         distkit_core::NodeId::new(n.as_str())?;
-        if n.contains(['/', '\\']) || n.starts_with('.') || n == "ca" {
+        if n.contains(['/', '\\'])
+            || n.starts_with('.')
+            || n == "ca"
+            || n.ends_with("-key")
+            || n.len() > 64
+            || !n.is_ascii()
+        {
             return Err(Error::invalid_input(
                 "nodes",
-                format!("{n:?} cannot name a certificate file"),
+                format!(
+                    "{n:?} cannot name a certificate file (ASCII, at most 64 bytes, not `ca`, \
+                     not ending in `-key`, no `/` or leading `.`)"
+                ),
+            ));
+        }
+        if !names.insert(n.as_str()) {
+            return Err(Error::invalid_input(
+                "nodes",
+                format!("{n:?} is named twice"),
+            ));
+        }
+    }
+    for san in sans {
+        let dns_name = !san.is_empty()
+            && san.len() <= 253
+            && san.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if san.parse::<IpAddr>().is_err() && !dns_name {
+            return Err(Error::invalid_input(
+                "san",
+                format!("{san:?} is neither an IP address nor a DNS name"),
             ));
         }
     }
@@ -95,26 +126,36 @@ pub fn generate(dir: &Path, nodes: &[String], sans: &[String]) -> Result<Vec<Pat
             ),
         ));
     }
-    std::fs::create_dir_all(dir).map_err(|e| storage(dir, e))?;
+    let (year, month, day) = today();
+    let valid = |years: i32| {
+        (
+            rcgen::date_time_ymd(year, month, day) - std::time::Duration::from_secs(86_400),
+            rcgen::date_time_ymd(year + years, month, day.min(28)),
+        )
+    };
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(crypto)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.distinguished_name
-        .push(DnType::CommonName, "distkit cluster CA");
+    // A name of its own, so that clients holding an old and a new CA during a rotation can
+    // tell them apart.
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        format!("distkit cluster CA {:08x}", rand::random::<u32>()),
+    );
+    (ca.not_before, ca.not_after) = valid(10);
     let ca_key = KeyPair::generate().map_err(crypto)?;
     let ca_cert = ca.self_signed(&ca_key).map_err(crypto)?;
     let issuer = Issuer::new(ca, &ca_key);
-    let mut written = Vec::new();
-    write(&ca_path, ca_cert.pem().as_bytes(), false, &mut written)?;
-    write(
-        &dir.join("ca-key.pem"),
-        ca_key.serialize_pem().as_bytes(),
-        true,
-        &mut written,
-    )?;
+    // Everything is made before anything is written: a refusal leaves no half-made CA.
+    let mut files = vec![
+        (ca_path, ca_cert.pem(), false),
+        (dir.join("ca-key.pem"), ca_key.serialize_pem(), true),
+    ];
     for node in nodes {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(crypto)?;
         params.distinguished_name.push(DnType::CommonName, node);
+        params.use_authority_key_identifier_extension = true;
+        (params.not_before, params.not_after) = valid(2);
         for san in sans {
             params.subject_alt_names.push(match san.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
@@ -123,18 +164,17 @@ pub fn generate(dir: &Path, nodes: &[String], sans: &[String]) -> Result<Vec<Pat
         }
         let key = KeyPair::generate().map_err(crypto)?;
         let cert = params.signed_by(&key, &issuer).map_err(crypto)?;
-        write(
-            &dir.join(format!("{node}.pem")),
-            cert.pem().as_bytes(),
-            false,
-            &mut written,
-        )?;
-        write(
-            &dir.join(format!("{node}-key.pem")),
-            key.serialize_pem().as_bytes(),
+        files.push((dir.join(format!("{node}.pem")), cert.pem(), false));
+        files.push((
+            dir.join(format!("{node}-key.pem")),
+            key.serialize_pem(),
             true,
-            &mut written,
-        )?;
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| storage(dir, e))?;
+    let mut written = Vec::new();
+    for (path, text, secret) in &files {
+        write(path, text.as_bytes(), *secret, &mut written)?;
     }
     Ok(written)
 }
@@ -142,9 +182,30 @@ pub fn generate(dir: &Path, nodes: &[String], sans: &[String]) -> Result<Vec<Pat
 fn storage(path: &Path, e: std::io::Error) -> Error {
     Error::Storage {
         path: path.display().to_string(),
-        reason: "cannot write".into(),
+        reason: format!("cannot write: {e}"),
         source: Some(Arc::new(e)),
     }
+}
+
+/// Today's date (UTC) as year, month, day: days since 1970 to the civil calendar.
+fn today() -> (i32, u8, u8) {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400);
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        i32::try_from(year).unwrap_or(2026),
+        u8::try_from(month).unwrap_or(1),
+        u8::try_from(day).unwrap_or(1),
+    )
 }
 
 fn write(path: &Path, bytes: &[u8], secret: bool, written: &mut Vec<PathBuf>) -> Result<(), Error> {
@@ -188,6 +249,22 @@ mod tests {
             assert!(generate(&other, &[bad.into()], &sans).is_err(), "{bad:?}");
         }
         assert!(generate(&other, &[], &sans).is_err());
+        for (nodes, sans) in [
+            (vec!["n".to_owned(), "n".to_owned()], sans.clone()),
+            (vec!["x-key".to_owned()], sans.clone()),
+            (vec!["n".to_owned()], vec![String::new()]),
+            (vec!["n".to_owned()], vec!["a b".to_owned()]),
+            (vec!["n".to_owned()], vec!["../etc".to_owned()]),
+            (vec!["n".to_owned()], vec!["ünïcode.example".to_owned()]),
+        ] {
+            assert!(
+                generate(&other, &nodes, &sans).is_err(),
+                "{nodes:?} {sans:?}"
+            );
+            assert!(!other.exists(), "a refusal writes nothing");
+        }
+        let (y, m, d) = today();
+        assert!((2024..2200).contains(&y) && (1..=12).contains(&m) && (1..=31).contains(&d));
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(dir.join("node-1-key.pem"))
                 .unwrap()
