@@ -914,6 +914,50 @@ async fn waiting_acquires_are_answered_503_when_shutdown_begins() {
     let _ = child.wait();
 }
 
+/// A second SIGTERM ends a node at once, even while the first one's graceful shutdown is
+/// still waiting for a slow request (an outside review found it waited the full 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let port = distkit_testkit::free_port().unwrap();
+    let mut child = spawn_solo(port, dir.path());
+    let u = format!("http://127.0.0.1:{port}");
+    wait_status(
+        &reqwest::Client::new(),
+        &u,
+        "the node did not start",
+        |_| true,
+    )
+    .await;
+    // A request whose body is still coming: the graceful shutdown waits for it.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(
+        b"PUT /v1/cache/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(child.id(), "TERM").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still draining the slow request"
+    );
+    signal(child.id(), "TERM").unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the second SIGTERM was ignored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(130));
+}
+
 /// Found by an outside review: the probes never checked who answered, so a peer list with
 /// two URLs swapped (or one pointing back at the node itself) showed every member healthy.
 /// Every response names its node; a probe answered by another node reports `wrong_node`.

@@ -119,7 +119,8 @@ impl PeerUrl {
             (false, true) => Err(Error::invalid_input(
                 "peer url",
                 format!(
-                    "{} needs TLS: configure the peer client's CA (the `tls` feature's PeerTls)",
+                    "{} is https, but peers are reached in plaintext: configure TLS for peers \
+                     (a CA to verify them against)",
                     self.0
                 ),
             )),

@@ -78,12 +78,23 @@ pub async fn cli_main(cli: Cli) -> ExitCode {
                     settings.data_dir.display()
                 );
             }
+            let json = settings.log_json;
             match crate::run(settings, shutdown_signal()).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    // Said once, on stderr (the log already went there).
-                    eprintln!("distkit-node: {e}");
-                    ExitCode::FAILURE
+                    // Said once: as a log line when logs are JSON (a shipper reads only
+                    // those), else as plain text.
+                    if json {
+                        tracing::error!(error = %e, kind = e.kind(), "distkit-node cannot run");
+                    } else {
+                        eprintln!("distkit-node: {e}");
+                    }
+                    // A setting that cannot work is the caller's mistake, as in `resolve`.
+                    if matches!(e, distkit_core::Error::InvalidInput { .. }) {
+                        ExitCode::from(2)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }
@@ -131,8 +142,18 @@ fn init_logs(json: bool) {
     };
 }
 
-/// SIGTERM or SIGINT.
+/// SIGTERM or SIGINT; a second one of either ends the process at once (the first starts a
+/// graceful shutdown of up to 10 s).
 async fn shutdown_signal() {
+    signal().await;
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("distkit-node: a second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

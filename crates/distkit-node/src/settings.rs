@@ -312,12 +312,21 @@ impl Settings {
                 ));
             }
             (Some(t), None) => t,
-            (None, Some(path)) => std::fs::read_to_string(&path)
-                .map_err(|e| {
-                    Error::invalid_input("token file", format!("{}: {e}", path.display()))
-                })?
-                .trim()
-                .to_owned(),
+            (None, Some(path)) => {
+                let token = std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        Error::invalid_input("token file", format!("{}: {e}", path.display()))
+                    })?
+                    .trim()
+                    .to_owned();
+                if token.is_empty() {
+                    return Err(Error::invalid_input(
+                        "token file",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                token
+            }
             (None, None) => String::new(),
         };
         if !peers.is_empty() && token.is_empty() {
