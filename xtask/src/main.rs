@@ -30,7 +30,8 @@ tasks:
                      every client operation and check the history; writes target/chaos/RUN/
                      (history.jsonl, faults.json, verdicts.json, latency.svg). ARGS go to
                      distkit-chaos: --seed S --time 60s --faults kill,pause,partition
-                     --nodes N --replay DIR. --quick: the CI pass (seed 1, 40 s);
+                     --nodes N --replay DIR (target/debug/distkit-chaos --check DIR runs
+                     the checkers again on a stored history). --quick: the CI pass (seed 1, 40 s);
                      --long: 3 seeds x 190 s with every fault kind
   lint               cargo fmt --check, clippy --all-targets -D warnings, doc with warnings denied
   ci                 lint, then test

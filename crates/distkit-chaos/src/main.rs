@@ -50,6 +50,10 @@ struct Args {
     /// Draws DIR/latency.svg again from the run's history, with at most --points dots.
     #[arg(long, value_name = "DIR")]
     replot: Option<PathBuf>,
+    /// Runs the checkers again on the run in DIR (its history.jsonl and faults.json, which
+    /// may have been edited) and prints their verdicts; exits 1 when one fails.
+    #[arg(long, value_name = "DIR")]
+    check: Option<PathBuf>,
     /// Dots in a plot.
     #[arg(long, default_value_t = 4000)]
     points: usize,
@@ -60,10 +64,11 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = match (&args.inner, &args.replot) {
-        (Some(dir), _) => inner(&args, dir),
-        (None, Some(dir)) => replot(dir, args.points),
-        (None, None) => outer(&args),
+    let result = match (&args.inner, &args.replot, &args.check) {
+        (Some(dir), _, _) => inner(&args, dir),
+        (None, Some(dir), _) => replot(dir, args.points),
+        (None, None, Some(dir)) => recheck(dir),
+        (None, None, None) => outer(&args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -77,25 +82,55 @@ fn main() -> ExitCode {
 
 type Result<T> = std::result::Result<T, String>;
 
-/// Draws a run's plot again from its files.
-fn replot(dir: &Path, points: usize) -> Result<bool> {
+/// A finished run read back from its directory.
+fn load(dir: &Path) -> Result<(Plan, Vec<FaultSpan>, Vec<Op>)> {
     let read = |name: &str| {
         std::fs::read_to_string(dir.join(name))
             .map_err(|e| format!("{}: {e}", dir.join(name).display()))
     };
-    let plan: Plan = serde_json::from_str(&read("run.json")?).map_err(|e| e.to_string())?;
+    let plan: Plan =
+        serde_json::from_str(&read("run.json")?).map_err(|e| format!("run.json: {e}"))?;
     let faults: Vec<FaultSpan> =
-        serde_json::from_str(&read("faults.json")?).map_err(|e| e.to_string())?;
+        serde_json::from_str(&read("faults.json")?).map_err(|e| format!("faults.json: {e}"))?;
     let ops = read("history.jsonl")?
         .lines()
-        .map(|l| serde_json::from_str::<Op>(l).map_err(|e| e.to_string()))
+        .enumerate()
+        .map(|(n, l)| {
+            serde_json::from_str::<Op>(l).map_err(|e| format!("history.jsonl line {}: {e}", n + 1))
+        })
         .collect::<Result<Vec<_>>>()?;
+    Ok((plan, faults, ops))
+}
+
+/// Draws a run's plot again from its files.
+fn replot(dir: &Path, points: usize) -> Result<bool> {
+    let (plan, faults, ops) = load(dir)?;
     std::fs::write(
         dir.join("latency.svg"),
         distkit_chaos::svg::plot(&title(&plan), &ops, &faults, points),
     )
     .map_err(|e| e.to_string())?;
     Ok(true)
+}
+
+/// Runs the checkers on a stored (perhaps edited) history and prints their verdicts.
+fn recheck(dir: &Path) -> Result<bool> {
+    let (_, faults, mut ops) = load(dir)?;
+    ops.sort_by_key(|o| o.complete_ns);
+    let healed_ns = faults.iter().map(|f| f.end_ns).max().unwrap_or(0);
+    let verdicts = verdicts(&ops, &faults, healed_ns);
+    Ok(print_verdicts(&verdicts))
+}
+
+/// Every checker's verdict on a history.
+fn verdicts(ops: &[Op], faults: &[FaultSpan], healed_ns: u64) -> Vec<Verdict> {
+    vec![
+        check::fenced_locks(ops),
+        check::lock_leases(ops),
+        check::election(ops),
+        check::cache(ops, faults, duration_ns(STALE_WINDOW)),
+        check::liveness(ops, healed_ns, duration_ns(LIVENESS_BOUND)),
+    ]
 }
 
 fn title(plan: &Plan) -> String {
@@ -989,13 +1024,7 @@ async fn run(plan: Plan, node_bin: PathBuf, dir: PathBuf, prefix: Option<String>
     }
 
     let ops = ctx.rec.ops();
-    let verdicts = vec![
-        check::fenced_locks(&ops),
-        check::lock_leases(&ops),
-        check::election(&ops),
-        check::cache(&ops, &faults, duration_ns(STALE_WINDOW)),
-        check::liveness(&ops, healed_ns, duration_ns(LIVENESS_BOUND)),
-    ];
+    let verdicts = verdicts(&ops, &faults, healed_ns);
     report(&plan, &dir, &ops, &faults, &verdicts)
 }
 
@@ -1044,6 +1073,21 @@ fn report(
     for ((op, oc), n) in &counts {
         println!("chaos:   {op:<8} {oc:<5} {n}");
     }
+    let all = print_verdicts(verdicts);
+    println!(
+        "chaos: {} — replay with: cargo xtask chaos --replay {}",
+        if all {
+            "all checkers held"
+        } else {
+            "VIOLATIONS FOUND"
+        },
+        dir.display()
+    );
+    Ok(all)
+}
+
+/// Prints each checker's verdict and violations; true when every checker held.
+fn print_verdicts(verdicts: &[Verdict]) -> bool {
     let mut all = true;
     for v in verdicts {
         all &= v.valid;
@@ -1061,14 +1105,5 @@ fn report(
             println!("chaos:     {m}");
         }
     }
-    println!(
-        "chaos: {} — replay with: cargo xtask chaos --replay {}",
-        if all {
-            "all checkers held"
-        } else {
-            "VIOLATIONS FOUND"
-        },
-        dir.display()
-    );
-    Ok(all)
+    all
 }
