@@ -146,6 +146,20 @@ pub fn fenced_locks(ops: &[Op]) -> Verdict {
         }
     }
     for (lock, list) in grants {
+        let mut tokens: HashMap<u64, &Op> = HashMap::new();
+        for o in &list {
+            if let Some(f) = n(&o.result, "fencing")
+                && let Some(first) = tokens.insert(f, o)
+            {
+                v.violation(format!(
+                    "{lock}: token {f} was granted twice, to {} at {:.3} ms and to {} at {:.3} ms",
+                    first.process,
+                    ms(first.complete_ns),
+                    o.process,
+                    ms(o.complete_ns)
+                ));
+            }
+        }
         let mut by_complete: Vec<(u64, u64)> = list
             .iter()
             .filter_map(|o| Some((o.complete_ns, n(&o.result, "fencing")?)))
@@ -323,7 +337,13 @@ pub fn cache(ops: &[Op], faults: &[FaultSpan], window_ns: u64) -> Verdict {
             ok_writes.entry(key).or_default().push(op);
         }
     }
-    let faulted = |from: u64, to: u64| faults.iter().any(|f| f.start_ns < to && f.end_ns > from);
+    // Only faults that can keep an invalidation from a node excuse a stale read; Redis
+    // holds no cache data.
+    let faulted = |from: u64, to: u64| {
+        faults
+            .iter()
+            .any(|f| f.kind != "redis" && f.start_ns < to && f.end_ns > from)
+    };
     for read in ops
         .iter()
         .filter(|o| o.op == "get" && o.outcome == Outcome::Ok)
@@ -488,6 +508,13 @@ mod tests {
         // Concurrent grants may come in either order.
         let concurrent = vec![grant("a", "L", (0, 3), 9), grant("b", "L", (1, 2), 7)];
         assert!(fenced_locks(&concurrent).valid);
+        // One token for two grants, even overlapping ones whose sections never met.
+        let twice = vec![grant("a", "L", (0, 3), 9), grant("b", "L", (1, 2), 9)];
+        let v = fenced_locks(&twice);
+        assert!(
+            v.violations.iter().any(|m| m.contains("granted twice")),
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -612,6 +639,14 @@ mod tests {
         };
         let v = cache(&stale, &[fault], 2_000_000_000);
         assert!(v.valid && v.notes["stale reads excused: within the window of a fault"] == 1);
+        // A Redis fault has nothing to do with the cache: no excuse.
+        let redis = FaultSpan {
+            what: "kill and restart redis".into(),
+            kind: "redis".into(),
+            start_ns: 0,
+            end_ns: 10_000_000,
+        };
+        assert!(!cache(&stale, &[redis], 2_000_000_000).valid);
         let unwritten = vec![get("b", "k", (4, 5), Some("9"))];
         assert!(!cache(&unwritten, &[], 0).valid);
         let refused = vec![

@@ -16,6 +16,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
+/// `println!` that ignores a closed stdout (`| head`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Runs a distkit-node cluster under faults and checks what its clients saw.
 #[derive(Debug, Parser)]
 #[command(name = "distkit-chaos")]
@@ -29,7 +37,7 @@ struct Args {
     /// Fault kinds, comma-separated: kill, pause, partition, redis, token.
     #[arg(long, default_value = "kill,pause,partition", value_delimiter = ',')]
     faults: Vec<String>,
-    /// Nodes in the cluster (3 or 5).
+    /// Nodes in the cluster, 1 to 9 (3 or 5 are the sizes worth running).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// The distkit-node binary.
@@ -149,12 +157,23 @@ fn parse_time(s: &str) -> Result<u64> {
         .find(|c: char| !c.is_ascii_digit())
         .map_or((s, "s"), |i| s.split_at(i));
     let n: u64 = n.parse().map_err(|_| format!("bad --time {s:?}"))?;
-    match unit {
-        "s" => Ok(n),
-        "m" => Ok(n * 60),
-        _ => Err(format!("bad --time {s:?}: use 60s or 2m")),
-    }
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        _ => return Err(format!("bad --time {s:?}: use 60s or 2m")),
+    };
+    secs.filter(|t| (MIN_TIME_S..=MAX_TIME_S).contains(t))
+        .ok_or_else(|| {
+            format!(
+                "--time must be {MIN_TIME_S} s to {} min, got {s:?}",
+                MAX_TIME_S / 60
+            )
+        })
 }
+
+/// The shortest run that has room for a fault, and the longest a run may ask for.
+const MIN_TIME_S: u64 = 10;
+const MAX_TIME_S: u64 = 3600;
 
 /// Whether this process can make network namespaces (root, with `ip`).
 fn netns_available() -> bool {
@@ -314,9 +333,54 @@ fn outer(args: &Args) -> Result<bool> {
     if !(1..=9).contains(&plan.nodes) {
         return Err("--nodes must be 1 to 9".into());
     }
-    plan.netns = !args.loopback && netns_available();
+    if !(MIN_TIME_S..=MAX_TIME_S).contains(&plan.time_s) {
+        return Err(format!(
+            "the time must be {MIN_TIME_S} s to {} min, got {} s",
+            MAX_TIME_S / 60,
+            plan.time_s
+        ));
+    }
+    let available = netns_available();
+    if available {
+        // Also on a loopback run: whatever a killed harness left goes.
+        remove_stale();
+    }
+    match &args.replay {
+        Some(_) => {
+            if args.seed.is_some() || args.loopback {
+                say!(
+                    "chaos: replaying: --seed, --time, --faults, --nodes and --loopback come from run.json"
+                );
+            }
+            // The schedule depends on it: a replay runs where the original ran.
+            if plan.netns && !available {
+                return Err(
+                    "the run replayed used network namespaces, which this process cannot make \
+                     (run it as root, with `ip`)"
+                        .into(),
+                );
+            }
+        }
+        None => plan.netns = !args.loopback && available,
+    }
+    let kinds: Vec<&str> = plan
+        .faults
+        .iter()
+        .map(String::as_str)
+        .filter(|k| *k != "partition" || (plan.netns && plan.nodes >= 2))
+        .collect();
+    if kinds.is_empty() {
+        return Err(format!(
+            "no fault of {:?} can be injected here (partitions need network namespaces and two \
+             nodes): a run without faults proves nothing",
+            plan.faults
+        ));
+    }
+    if plan.schedule().is_empty() {
+        return Err("no fault fits in the time given".into());
+    }
     if !plan.netns {
-        println!(
+        say!(
             "chaos: network namespaces are not available (not root, no `ip`, or --loopback): \
              running on loopback with {} only",
             plan.faults
@@ -336,7 +400,7 @@ fn outer(args: &Args) -> Result<bool> {
         serde_json::to_string_pretty(&plan).unwrap_or_default(),
     )
     .map_err(|e| e.to_string())?;
-    println!(
+    say!(
         "chaos: seed {} for {} s, faults {}, {} nodes, {}; writing {}",
         plan.seed,
         plan.time_s,
@@ -350,7 +414,7 @@ fn outer(args: &Args) -> Result<bool> {
         dir.display()
     );
     for (i, s) in plan.schedule().iter().enumerate() {
-        println!(
+        say!(
             "chaos: step {i:>2}: wait {:>4} ms, {} for {} ms",
             s.after_ms,
             s.fault.describe(),
@@ -979,7 +1043,7 @@ async fn run(plan: Plan, node_bin: PathBuf, dir: PathBuf, prefix: Option<String>
     for step in plan.schedule() {
         tokio::time::sleep(Duration::from_millis(step.after_ms)).await;
         let start_ns = ctx.rec.now();
-        println!(
+        say!(
             "chaos: {:>8.3} s  {}",
             start_ns as f64 / 1e9,
             step.fault.describe()
@@ -1008,7 +1072,7 @@ async fn run(plan: Plan, node_bin: PathBuf, dir: PathBuf, prefix: Option<String>
         }
     }
     if failure.is_none() {
-        println!(
+        say!(
             "chaos: {:>8.3} s  healed; clients run on for {TAIL:?}",
             healed_ns as f64 / 1e9
         );
@@ -1069,12 +1133,12 @@ fn report(
             .entry((op.op.clone(), format!("{:?}", op.outcome).to_lowercase()))
             .or_default() += 1;
     }
-    println!("chaos: {} operations, {} faults", ops.len(), faults.len());
+    say!("chaos: {} operations, {} faults", ops.len(), faults.len());
     for ((op, oc), n) in &counts {
-        println!("chaos:   {op:<8} {oc:<5} {n}");
+        say!("chaos:   {op:<8} {oc:<5} {n}");
     }
     let all = print_verdicts(verdicts);
-    println!(
+    say!(
         "chaos: {} — replay with: cargo xtask chaos --replay {}",
         if all {
             "all checkers held"
@@ -1091,7 +1155,7 @@ fn print_verdicts(verdicts: &[Verdict]) -> bool {
     let mut all = true;
     for v in verdicts {
         all &= v.valid;
-        println!(
+        say!(
             "chaos: {} {} (checked {}{})",
             if v.valid { "VALID  " } else { "INVALID" },
             v.checker,
@@ -1102,7 +1166,7 @@ fn print_verdicts(verdicts: &[Verdict]) -> bool {
                 .collect::<String>()
         );
         for m in &v.violations {
-            println!("chaos:     {m}");
+            say!("chaos:     {m}");
         }
     }
     all

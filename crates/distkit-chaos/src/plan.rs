@@ -104,7 +104,7 @@ impl Plan {
             .iter()
             .copied()
             .filter(|k| self.faults.iter().any(|f| f == k))
-            .filter(|k| *k != "partition" || self.netns)
+            .filter(|k| *k != "partition" || (self.netns && self.nodes >= 2))
             .collect();
         let mut steps = Vec::new();
         if kinds.is_empty() || self.nodes == 0 {

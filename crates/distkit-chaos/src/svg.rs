@@ -76,7 +76,7 @@ pub fn plot(title: &str, ops: &[Op], faults: &[FaultSpan], max_points: usize) ->
             yy + 4.0
         );
     }
-    let step = (ops.len() / max_points.max(1)).max(1);
+    let step = ops.len().div_ceil(max_points.max(1)).max(1);
     for o in ops.iter().step_by(step) {
         let color = KINDS
             .iter()
