@@ -105,7 +105,7 @@ mod scripts;
 mod util;
 
 #[doc(inline)]
-pub use local::LocalLock;
+pub use local::{DEFAULT_MAX_LOCKS, LocalLock};
 #[doc(inline)]
 pub use name::MAX_NAME_LEN;
 #[doc(inline)]

@@ -49,7 +49,11 @@ struct Inner {
     fence: AtomicU64,
     ttl: Duration,
     watchdog: bool,
+    max_locks: usize,
 }
+
+/// The most lock names a [`LocalLock`] keeps by default (held, or with waiters).
+pub const DEFAULT_MAX_LOCKS: usize = 100_000;
 
 #[derive(Default)]
 struct Slot {
@@ -79,13 +83,29 @@ impl LocalLock {
     ///
     /// As for [`new`](Self::new).
     pub fn with_watchdog(ttl: Duration, watchdog: bool) -> Result<Self, Error> {
+        Self::with_limit(ttl, watchdog, DEFAULT_MAX_LOCKS)
+    }
+
+    /// As [`with_watchdog`](Self::with_watchdog), keeping at most `max_locks` lock names
+    /// (held, or with waiters): a new name beyond that is refused with
+    /// [`Error::NoCapacity`] once expired leases are swept, so a client that takes locks and
+    /// never releases them cannot grow the table without bound.
+    ///
+    /// # Errors
+    ///
+    /// As for [`new`](Self::new), and [`Error::InvalidInput`] for a zero limit.
+    pub fn with_limit(ttl: Duration, watchdog: bool, max_locks: usize) -> Result<Self, Error> {
         validate_ttl(ttl)?;
+        if max_locks == 0 {
+            return Err(Error::invalid_input("max locks", "it must be at least 1"));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 table: Mutex::new(HashMap::new()),
                 fence: AtomicU64::new(0),
                 ttl,
                 watchdog,
+                max_locks,
             }),
         })
     }
@@ -135,6 +155,20 @@ impl DistributedLock for LocalLock {
             let expires;
             {
                 let mut table = self.table();
+                if !table.contains_key(name) && table.len() >= self.inner.max_locks {
+                    // Full: forget names whose lease ran out and that nobody waits for.
+                    table.retain(|_, s| {
+                        s.held_by_other(now).is_some() || Arc::strong_count(&s.notify) > 1
+                    });
+                    if table.len() >= self.inner.max_locks {
+                        return Err(Error::NoCapacity {
+                            reason: format!(
+                                "the in-process lock table holds {} locks, its limit",
+                                self.inner.max_locks
+                            ),
+                        });
+                    }
+                }
                 let slot = table.entry(name.to_owned()).or_default();
                 match slot.held_by_other(now) {
                     None => {

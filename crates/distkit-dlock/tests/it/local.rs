@@ -92,3 +92,30 @@ async fn bad_input() {
         Err(Error::InvalidInput { .. })
     ));
 }
+
+/// Found by an outside review of the node: in-process locks had no cap, so a client taking
+/// locks under ever new names and never releasing them grew the table without bound (40,000
+/// cost 19 MB). The table now keeps at most its limit of names; expired leases are swept to
+/// make room, and past that a new name is refused with a typed error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_table_is_bounded_and_sweeps_expired_leases() {
+    assert!(LocalLock::with_limit(Duration::from_secs(1), false, 0).is_err());
+    let locks = LocalLock::with_limit(Duration::from_secs(30), false, 3).unwrap();
+    let short = AcquireOptions::new().ttl(Duration::from_millis(50));
+    let mut held = Vec::new();
+    held.push(locks.acquire_with("a", short.clone()).await.unwrap());
+    for name in ["b", "c"] {
+        held.push(locks.acquire(name, Duration::ZERO).await.unwrap());
+    }
+    let full = locks.acquire("d", Duration::ZERO).await.unwrap_err();
+    assert!(matches!(full, Error::NoCapacity { .. }), "{full:?}");
+    // A name already in the table is still served (busy here, not refused for room).
+    assert!(matches!(
+        locks.acquire("b", Duration::ZERO).await.unwrap_err(),
+        Error::Busy { .. }
+    ));
+    // "a"'s lease runs out without a release: its slot is swept for "d".
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let d = locks.acquire("d", Duration::ZERO).await.unwrap();
+    assert!(d.fencing_token() > held[2].fencing_token());
+}
