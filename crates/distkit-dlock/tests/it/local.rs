@@ -103,7 +103,7 @@ async fn the_lock_table_is_bounded_and_sweeps_expired_leases() {
     let locks = LocalLock::with_limit(Duration::from_secs(30), false, 3).unwrap();
     let short = AcquireOptions::new().ttl(Duration::from_millis(50));
     let mut held = Vec::new();
-    held.push(locks.acquire_with("a", short.clone()).await.unwrap());
+    held.push(locks.acquire_with("a", short).await.unwrap());
     for name in ["b", "c"] {
         held.push(locks.acquire(name, Duration::ZERO).await.unwrap());
     }
