@@ -232,7 +232,22 @@ pub async fn run(
                 "in-process",
             )
         }
-        LockBackend::Redis(url) => (Arc::new(RedisLock::new(url.clone())?), "redis"),
+        LockBackend::Redis(url) => {
+            let redis = RedisLock::new(url.clone())?;
+            // Said at start, not at the first client's acquire: the node runs either way (the
+            // election and the cache need no Redis) and grants locks once Redis answers.
+            match tokio::time::timeout(Duration::from_secs(2), redis.ping()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    error = %e,
+                    "the lock backend does not answer yet; lock requests fail until it does"
+                ),
+                Err(_) => tracing::warn!(
+                    "the lock backend did not answer within 2 s; lock requests fail until it does"
+                ),
+            }
+            (Arc::new(redis), "redis")
+        }
         LockBackend::Redlock(urls) => {
             if urls.len() < 3 {
                 tracing::warn!(
