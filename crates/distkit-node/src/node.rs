@@ -661,14 +661,20 @@ async fn cache_delete(
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object with the optional fields ttl_ms and wait_ms"
+)]
 struct AcquireBody {
     ttl_ms: Option<u64>,
     wait_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object with the lock's token (and ttl_ms to extend)"
+)]
 struct TokenBody {
     token: Option<String>,
     ttl_ms: Option<u64>,
