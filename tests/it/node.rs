@@ -154,6 +154,11 @@ impl Cluster {
     }
 }
 
+/// GETs `url` and reads its answer as text.
+pub(crate) async fn get_text(http: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// Sends `req` and reads its answer as JSON.
 pub(crate) async fn send_json(req: reqwest::RequestBuilder) -> Value {
     req.send().await.unwrap().json().await.unwrap()
@@ -582,14 +587,7 @@ async fn bad_http_input_gets_4xx_json_and_the_node_keeps_serving() {
     assert_eq!(none["released"], false);
     let health = http.get(format!("{u}/healthz")).send().await.unwrap();
     assert!(health.status().is_success());
-    let metrics = http
-        .get(format!("{u}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, format!("{u}/metrics")).await;
     assert!(
         metrics.contains("distkit_dcache"),
         "prometheus text: {metrics}"
@@ -1079,14 +1077,7 @@ async fn a_wrong_cluster_token_is_reported_and_cluster_status_does_not_block() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(refused["healthy"], false);
-    let metrics = http
-        .get(format!("{u0}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, format!("{u0}/metrics")).await;
     assert!(
         metrics.contains("distkit_node_peer_auth_failures_total{peer=\"node-2\"}"),
         "{metrics}"

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::node::{NODE, TOKEN, node_command, send_json, status, wait_status};
+use crate::node::{NODE, TOKEN, get_text, node_command, send_json, status, wait_status};
 
 struct Nodes(Vec<Option<Child>>);
 
@@ -238,14 +238,7 @@ async fn a_tls_cluster_forms_serves_fails_over_and_a_plaintext_node_cannot_join(
         },
     )
     .await;
-    let metrics = http
-        .get(format!("{}/metrics", urls[second]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, format!("{}/metrics", urls[second])).await;
     assert!(
         metrics.contains(&format!(
             "distkit_node_peer_tls_failures_total{{peer=\"node-{first}\"}}"
