@@ -912,6 +912,71 @@ async fn waiting_acquires_are_answered_503_when_shutdown_begins() {
     let _ = child.wait();
 }
 
+/// `POST /v1/lock-sets` takes several locks all or none; each is then released by its own
+/// name and token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_sets_are_taken_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = distkit_testkit::free_port().unwrap();
+    let mut child = spawn_solo(port, dir.path());
+    let u = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_status(&http, &u, "the node did not start", |s| {
+        s["leader"].is_string()
+    })
+    .await;
+    let set = |names: &str| {
+        http.post(format!("{u}/v1/lock-sets"))
+            .body(format!("{{\"names\": {names}, \"ttl_ms\": 10000}}"))
+    };
+    let ab = send_json(set(r#"["b", "a"]"#)).await;
+    let locks = ab["locks"].as_array().unwrap();
+    assert_eq!(locks.len(), 2);
+    assert_eq!(locks[0]["name"], "a", "{ab}");
+    assert!(
+        locks
+            .iter()
+            .all(|l| l["fencing_token"].as_u64().unwrap() > 0)
+    );
+    // b is held: [b, c] is refused, and c is left free.
+    let bc = set(r#"["c", "b"]"#).send().await.unwrap();
+    assert_eq!(bc.status().as_u16(), 409);
+    let c = send_json(http.post(format!("{u}/v1/locks/c")).body("{}")).await;
+    assert!(c["token"].is_string(), "c was left free: {c}");
+    send_json(http.delete(format!("{u}/v1/locks/c")).body(format!(
+        "{{\"token\": \"{}\"}}",
+        c["token"].as_str().unwrap()
+    )))
+    .await;
+    for l in locks {
+        let r = send_json(
+            http.delete(format!("{u}/v1/locks/{}", l["name"].as_str().unwrap()))
+                .body(format!(
+                    "{{\"token\": \"{}\"}}",
+                    l["token"].as_str().unwrap()
+                )),
+        )
+        .await;
+        assert_eq!(r["released"], true);
+    }
+    assert_eq!(
+        set(r#"["c", "b"]"#).send().await.unwrap().status().as_u16(),
+        200
+    );
+    for (body, want) in [
+        ("[]".to_owned(), 400),
+        (r#"["x", "x"]"#.to_owned(), 400),
+        (format!("[\"{}\"]", "n".repeat(300)), 413),
+    ] {
+        let r = set(&body).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), want, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert!(e["kind"].is_string());
+    }
+    let _ = signal(child.id(), "TERM");
+    let _ = child.wait();
+}
+
 /// A second SIGTERM ends a node at once, even while the first one's graceful shutdown is
 /// still waiting for a slow request (an outside review found it waited the full 10 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,10 @@
 //! | [`LocalLock`] | this process | tests, single-process deployments |
 //!
 //! All three implement [`distkit_core::DistributedLock`], so code can hold an
-//! `Arc<dyn DistributedLock>` and pick the backend from configuration. Every grant returns a
+//! `Arc<dyn DistributedLock>` and pick the backend from configuration. [`MultiLock`] takes
+//! several names of any of them together, all or none (sorted acquisition, one wait limit for
+//! the set, one guard); choose it when one operation must hold several resources at once,
+//! such as a transfer between two accounts. Every grant returns a
 //! [`LockGuard`](distkit_core::LockGuard) with a **fencing token** that strictly increases per
 //! lock name: pass it along with every write the lock protects, and have the resource refuse
 //! tokens smaller than the largest it has seen. A lease can always be lost (a GC pause, a
@@ -97,6 +100,7 @@
 
 mod errors;
 mod local;
+mod multi;
 mod name;
 mod notify;
 mod redis_lock;
@@ -106,6 +110,8 @@ mod util;
 
 #[doc(inline)]
 pub use local::{DEFAULT_MAX_LOCKS, LocalLock};
+#[doc(inline)]
+pub use multi::{MAX_MULTI, MultiGuard, MultiLock};
 #[doc(inline)]
 pub use name::MAX_NAME_LEN;
 #[doc(inline)]

@@ -15,6 +15,7 @@
 //! | `POST /v1/locks/{name}` | acquire: `{"ttl_ms", "wait_ms"}` gives `{"token", "fencing_token", "ttl_ms"}` |
 //! | `DELETE /v1/locks/{name}` | release: `{"token"}` |
 //! | `POST /v1/locks/{name}/extend` | extend: `{"token", "ttl_ms"}` |
+//! | `POST /v1/lock-sets` | several locks, all or none: `{"names", "ttl_ms", "wait_ms"}` gives `{"locks": [{"name", "token", "fencing_token"}], "ttl_ms"}` |
 //! | `GET /v1/cluster` | members, leader, term, health and ring share of each member |
 //! | `GET /healthz`, `/readyz`, `/metrics` | liveness, readiness (a leader is known), Prometheus text |
 //!

@@ -357,6 +357,7 @@ pub async fn run(
         )
         .route("/v1/locks/{name}", post(lock_acquire).delete(lock_release))
         .route("/v1/locks/{name}/extend", post(lock_extend))
+        .route("/v1/lock-sets", post(lock_set_acquire))
         .route("/v1/cluster", get(cluster))
         .route(
             "/healthz",
@@ -687,11 +688,82 @@ async fn lock_acquire(
 ) -> Reply {
     let name = path(name, distkit_dlock::MAX_NAME_LEN, "lock names")?;
     let req: AcquireBody = json_body(body).await?;
+    let opts = acquire_options(req.ttl_ms, req.wait_ms)?;
+    let one = async { app.locks.acquire_with(&name, opts).await.map(|g| vec![g]) };
+    let guards = granted(&app, one).await?;
+    let body = serde_json::json!({
+        "name": name,
+        "token": guards[0].token().to_string(),
+        "fencing_token": guards[0].fencing_token().get(),
+        "ttl_ms": guards[0].lease().ttl().as_millis() as u64,
+    });
+    keep_leases(guards);
+    Ok(axum::Json(body).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object with names (a list of lock names) and the optional ttl_ms and wait_ms"
+)]
+struct LockSetBody {
+    #[serde(default)]
+    names: Vec<String>,
+    ttl_ms: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// `POST /v1/lock-sets`: several locks at once, all or none (a `MultiLock`); each is then
+/// released or extended by its own name and token.
+async fn lock_set_acquire(State(app): State<Arc<App>>, body: Body) -> Reply {
+    let req: LockSetBody = json_body(body).await?;
+    if let Some(long) = req
+        .names
+        .iter()
+        .find(|n| n.len() > distkit_dlock::MAX_NAME_LEN)
+    {
+        count_acquire("invalid");
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "lock names are at most {} bytes, got {}",
+                distkit_dlock::MAX_NAME_LEN,
+                long.len()
+            ),
+        ));
+    }
+    let opts = acquire_options(req.ttl_ms, req.wait_ms)?;
+    let names: Vec<&str> = req.names.iter().map(String::as_str).collect();
+    let multi = distkit_dlock::MultiLock::new(app.locks.clone());
+    let acquire = async {
+        let set = multi.acquire(&names, opts).await?;
+        Ok::<_, Error>(set.into_guards())
+    };
+    let guards = granted(&app, acquire).await?;
+    let locks: Vec<serde_json::Value> = guards
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "name": g.name(),
+                "token": g.token().to_string(),
+                "fencing_token": g.fencing_token().get(),
+            })
+        })
+        .collect();
+    let ttl_ms = guards
+        .first()
+        .map_or(0, |g| g.lease().ttl().as_millis() as u64);
+    keep_leases(guards);
+    Ok(axum::Json(serde_json::json!({ "locks": locks, "ttl_ms": ttl_ms })).into_response())
+}
+
+/// The acquire options of a request: `wait_ms` up to a minute, like a TTL's own limit.
+fn acquire_options(ttl_ms: Option<u64>, wait_ms: Option<u64>) -> Result<AcquireOptions, Response> {
     let mut opts = AcquireOptions::new();
-    if let Some(ms) = req.ttl_ms {
+    if let Some(ms) = ttl_ms {
         opts = opts.ttl(Duration::from_millis(ms));
     }
-    if let Some(ms) = req.wait_ms {
+    if let Some(ms) = wait_ms {
         if ms > MAX_WAIT_MS {
             count_acquire("invalid");
             return Err(error(
@@ -701,20 +773,29 @@ async fn lock_acquire(
         }
         opts = opts.wait(Duration::from_millis(ms));
     }
+    Ok(opts)
+}
+
+/// Runs an acquisition unless shutdown begins first, and counts its result. A waiting
+/// acquisition is answered 503 as soon as shutdown begins (dropping it is cancel safe: it
+/// leaves no grant behind), instead of being cut off with the connection; a grant that
+/// arrives as shutdown begins is handed back.
+async fn granted(
+    app: &App,
+    acquire: impl std::future::Future<Output = Result<Vec<distkit_core::LockGuard>, Error>>,
+) -> Result<Vec<distkit_core::LockGuard>, Response> {
     let mut stopping = app.stopping.subscribe();
     if *stopping.borrow_and_update() {
         count_acquire("refused");
         return Err(shutting_down());
     }
     let waited = std::time::Instant::now();
-    // A waiting acquire is answered 503 as soon as shutdown begins (dropping it is cancel
-    // safe: it leaves no grant behind), instead of being cut off with the connection.
     let acquired = tokio::select! {
-        r = app.locks.acquire_with(&name, opts) => Some(r),
+        r = acquire => Some(r),
         _ = stopping.wait_for(|s| *s) => None,
     };
     metrics::histogram!("distkit_node_lock_wait_seconds").record(waited.elapsed().as_secs_f64());
-    let guard = match acquired {
+    let guards: Vec<distkit_core::LockGuard> = match acquired {
         None => {
             count_acquire("refused");
             return Err(shutting_down());
@@ -730,22 +811,22 @@ async fn lock_acquire(
         }
     };
     if *app.stopping.borrow() {
-        // Shutdown began as the grant arrived: hand back what was just granted.
-        let _ = guard.release().await;
+        for g in guards {
+            let _ = g.release().await;
+        }
         count_acquire("refused");
         return Err(shutting_down());
     }
     count_acquire("granted");
-    let body = serde_json::json!({
-        "name": name,
-        "token": guard.token().to_string(),
-        "fencing_token": guard.fencing_token().get(),
-        "ttl_ms": guard.lease().ttl().as_millis() as u64,
-    });
-    // The node keeps no state for the grant: the lease lives in the backend until the client
-    // releases or extends it (through any node) or its TTL ends.
-    drop(guard.into_lease());
-    Ok(axum::Json(body).into_response())
+    Ok(guards)
+}
+
+/// The node keeps no state for a grant: the lease lives in the backend until the client
+/// releases or extends it (through any node) or its TTL ends.
+fn keep_leases(guards: Vec<distkit_core::LockGuard>) {
+    for g in guards {
+        drop(g.into_lease());
+    }
 }
 
 /// The longest `wait_ms` an acquire may ask for.

@@ -4,6 +4,7 @@
 mod hostile;
 mod lifecycle_and_input;
 mod local;
+mod multi;
 mod redis;
 mod redlock;
 
