@@ -844,6 +844,112 @@ async fn lock_worker(ctx: Arc<Ctx>, w: usize, seed: u64) {
     }
 }
 
+/// Takes two of three locks at once through `POST /v1/lock-sets`, writes each grant's
+/// fencing token to the fenced store on entering and leaving, and releases each lock by its
+/// own token. Each lock of a set is recorded as its own `acquire` (same times), so every lock
+/// checker covers sets too.
+async fn set_worker(ctx: Arc<Ctx>, w: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 50).wrapping_mul(0x9E37_79B9));
+    let process = format!("setter-{w}");
+    let all = ["set-0", "set-1", "set-2"];
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let skip = rng.random_range(0..all.len());
+        let names: Vec<&str> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, n)| *n)
+            .collect();
+        let node = rng.random_range(0..ctx.urls.len());
+        let t = ctx.rec.now();
+        let r = ctx
+            .http
+            .post(format!("{}/v1/lock-sets", ctx.urls[node]))
+            .body(json!({"names": names, "ttl_ms": 1500, "wait_ms": 500}).to_string())
+            .send()
+            .await;
+        let status = r.as_ref().ok().map(reqwest::Response::status);
+        let body: Option<Value> = match r {
+            Ok(resp) if resp.status().is_success() => resp.json().await.ok(),
+            _ => None,
+        };
+        let mut oc = outcome(status);
+        if oc == Outcome::Ok && body.is_none() {
+            oc = Outcome::Info;
+        }
+        let grants: Vec<(String, u64, String)> = body
+            .as_ref()
+            .and_then(|b| b["locks"].as_array())
+            .map(|locks| {
+                locks
+                    .iter()
+                    .filter_map(|l| {
+                        Some((
+                            l["name"].as_str()?.to_owned(),
+                            l["fencing_token"].as_u64()?,
+                            l["token"].as_str()?.to_owned(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ttl_ms = body.as_ref().map_or(Value::Null, |b| b["ttl_ms"].clone());
+        for name in &names {
+            let grant = grants.iter().find(|g| g.0 == *name);
+            ctx.rec.push(Op {
+                process: process.clone(),
+                op: "acquire".into(),
+                args: json!({"lock": name, "node": format!("node-{node}"), "set": names}),
+                invoke_ns: t,
+                complete_ns: ctx.rec.now(),
+                outcome: if grant.is_some() {
+                    oc.clone()
+                } else if oc == Outcome::Ok {
+                    Outcome::Info
+                } else {
+                    oc.clone()
+                },
+                result: grant.map_or(Value::Null, |g| json!({"fencing": g.1, "ttl_ms": ttl_ms})),
+            });
+        }
+        if oc == Outcome::Ok && grants.len() == names.len() {
+            for g in &grants {
+                ctx.fenced_write(&process, "enter", &g.0, g.1);
+            }
+            tokio::time::sleep(Duration::from_millis(rng.random_range(30..150))).await;
+            for g in &grants {
+                ctx.fenced_write(&process, "exit", &g.0, g.1);
+            }
+            for g in &grants {
+                let node = rng.random_range(0..ctx.urls.len());
+                let t = ctx.rec.now();
+                let r = ctx
+                    .http
+                    .delete(format!("{}/v1/locks/{}", ctx.urls[node], g.0))
+                    .body(json!({"token": g.2}).to_string())
+                    .send()
+                    .await;
+                let oc = outcome(r.as_ref().ok().map(reqwest::Response::status));
+                let result = match r {
+                    Ok(resp) if resp.status().is_success() => {
+                        resp.json().await.unwrap_or(Value::Null)
+                    }
+                    _ => Value::Null,
+                };
+                ctx.record(
+                    &process,
+                    "release",
+                    json!({"lock": g.0, "fencing": g.1, "node": format!("node-{node}")}),
+                    t,
+                    oc,
+                    result,
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..50))).await;
+    }
+}
+
 async fn cache_worker(ctx: Arc<Ctx>, w: usize, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed ^ (w as u64 + 100).wrapping_mul(0x9E37_79B9));
     let process = format!("cacher-{w}");
@@ -1029,6 +1135,9 @@ async fn run(plan: Plan, node_bin: PathBuf, dir: PathBuf, prefix: Option<String>
     let mut tasks = Vec::new();
     for w in 0..4 {
         tasks.push(tokio::spawn(lock_worker(ctx.clone(), w, plan.seed)));
+    }
+    for w in 0..2 {
+        tasks.push(tokio::spawn(set_worker(ctx.clone(), w, plan.seed)));
     }
     for w in 0..3 {
         tasks.push(tokio::spawn(cache_worker(ctx.clone(), w, plan.seed)));
