@@ -386,15 +386,25 @@ impl LockGuard {
     ///
     /// # Errors
     ///
-    /// When the backend cannot be reached; the lock then expires with its TTL.
+    /// When the backend cannot be reached. A retryable failure is then tried again in the
+    /// background while the lease lasts (at most 20 times, backing off to 5 s), as a dropped
+    /// guard's release is; otherwise the lock expires with its TTL.
     pub async fn release(mut self) -> Result<bool, Error> {
         if let Some(hook) = self.on_release.take() {
             hook();
         }
-        match self.backend.take() {
-            Some(b) => b.release(&self.lease).await,
-            None => Ok(false),
+        let Some(backend) = self.backend.take() else {
+            return Ok(false);
+        };
+        let released = backend.release(&self.lease).await;
+        if let Err(e) = &released
+            && e.is_retryable()
+        {
+            // The backend is away for now: keep trying in the background while the lease
+            // lasts, as a dropped guard does, rather than leave the lock to its whole TTL.
+            retry_release(backend, self.lease.clone(), 1);
         }
+        released
     }
 
     /// Detaches the lease from the guard: stops any renewal (runs the release hook) but does
@@ -427,6 +437,51 @@ impl fmt::Debug for LockGuard {
     }
 }
 
+/// How many times a dropped guard's background release is tried.
+const RELEASE_ATTEMPTS: u32 = 20;
+
+/// Retries a release that just failed `failed` times, in the background (when a runtime
+/// is there to run it).
+fn retry_release(backend: Arc<dyn DistributedLock>, lease: Lease, failed: u32) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(release_with_retries(backend, lease, failed));
+    }
+}
+
+/// Releases `lease`, asking a backend that is briefly away (a stalled or restarting Redis)
+/// again for as long as the lease lasts and at most [`RELEASE_ATTEMPTS`] times in all, so a
+/// lock is not left to its whole TTL for a hiccup (an outside review saw a failed lock set
+/// hold its locks for 60 s). `failed` attempts were already made.
+async fn release_with_retries(backend: Arc<dyn DistributedLock>, lease: Lease, failed: u32) {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = failed;
+    loop {
+        if attempt > 0 {
+            let next = Instant::now().checked_add(delay);
+            if attempt >= RELEASE_ATTEMPTS || next.is_none_or(|t| t >= lease.valid_until()) {
+                tracing::warn!(
+                    lock = lease.name(),
+                    "background release failed; the lock will expire with its ttl"
+                );
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+        attempt += 1;
+        match backend.release(&lease).await {
+            Ok(_) => return,
+            Err(error) if error.is_retryable() => {
+                tracing::debug!(lock = lease.name(), %error, attempt, "release failed; trying again");
+            }
+            Err(error) => {
+                tracing::warn!(lock = lease.name(), %error, "background release failed; the lock will expire with its ttl");
+                return;
+            }
+        }
+    }
+}
+
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if let Some(hook) = self.on_release.take() {
@@ -438,11 +493,7 @@ impl Drop for LockGuard {
         let lease = self.lease.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn(async move {
-                    if let Err(error) = backend.release(&lease).await {
-                        tracing::warn!(lock = lease.name(), %error, "background release failed; the lock will expire with its ttl");
-                    }
-                });
+                handle.spawn(release_with_retries(backend, lease, 0));
             }
             Err(_) => {
                 tracing::warn!(

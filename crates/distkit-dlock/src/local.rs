@@ -67,6 +67,24 @@ impl Slot {
     }
 }
 
+/// The next fencing token: `max(previous + 1, microseconds since the epoch)`, as the Redis
+/// backend's, so tokens keep rising across a restart of the process (an outside review saw
+/// them start again at 1, which a fenced store would refuse) as long as the clock does not
+/// step back.
+fn next_fence(fence: &AtomicU64) -> u64 {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    let mut prev = fence.load(Ordering::SeqCst);
+    loop {
+        let next = prev.saturating_add(1).max(now_us);
+        match fence.compare_exchange(prev, next, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return next,
+            Err(seen) => prev = seen,
+        }
+    }
+}
+
 impl LocalLock {
     /// A table whose leases last `ttl` unless an acquisition asks otherwise.
     ///
@@ -161,11 +179,15 @@ impl DistributedLock for LocalLock {
                         s.held_by_other(now).is_some() || Arc::strong_count(&s.notify) > 1
                     });
                     if table.len() >= self.inner.max_locks {
-                        return Err(Error::NoCapacity {
+                        // Retryable: the table frees itself as leases end.
+                        return Err(Error::Unavailable {
+                            endpoint: "in-process lock table".into(),
                             reason: format!(
-                                "the in-process lock table holds {} locks, its limit",
+                                "it holds {} locks, its limit; retry when some are released \
+                                 or expire",
                                 self.inner.max_locks
                             ),
+                            source: None,
                         });
                     }
                 }
@@ -173,7 +195,7 @@ impl DistributedLock for LocalLock {
                 match slot.held_by_other(now) {
                     None => {
                         let token = random_token();
-                        let fence = self.inner.fence.fetch_add(1, Ordering::SeqCst) + 1;
+                        let fence = next_fence(&self.inner.fence);
                         slot.holder = Some((token, now + ttl));
                         drop(table);
                         let lease =

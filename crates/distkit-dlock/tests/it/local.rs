@@ -96,7 +96,7 @@ async fn bad_input() {
 /// Found by an outside review of the node: in-process locks had no cap, so a client taking
 /// locks under ever new names and never releasing them grew the table without bound (40,000
 /// cost 19 MB). The table now keeps at most its limit of names; expired leases are swept to
-/// make room, and past that a new name is refused with a typed error.
+/// make room, and past that a new name is refused with a retryable typed error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_table_is_bounded_and_sweeps_expired_leases() {
     assert!(LocalLock::with_limit(Duration::from_secs(1), false, 0).is_err());
@@ -108,7 +108,10 @@ async fn the_lock_table_is_bounded_and_sweeps_expired_leases() {
         held.push(locks.acquire(name, Duration::ZERO).await.unwrap());
     }
     let full = locks.acquire("d", Duration::ZERO).await.unwrap_err();
-    assert!(matches!(full, Error::NoCapacity { .. }), "{full:?}");
+    assert!(
+        matches!(full, Error::Unavailable { .. }) && full.is_retryable(),
+        "{full:?}"
+    );
     // A name already in the table is still served (busy here, not refused for room).
     assert!(matches!(
         locks.acquire("b", Duration::ZERO).await.unwrap_err(),
@@ -118,4 +121,24 @@ async fn the_lock_table_is_bounded_and_sweeps_expired_leases() {
     tokio::time::sleep(Duration::from_millis(80)).await;
     let d = locks.acquire("d", Duration::ZERO).await.unwrap();
     assert!(d.fencing_token() > held[2].fencing_token());
+}
+
+/// Found by an outside review: in-process fencing tokens started again at 1 after a restart,
+/// so a fenced store that had seen the old ones refused every new holder. They are floored
+/// by the clock, as the Redis backend's are.
+#[tokio::test]
+async fn fencing_tokens_keep_rising_across_a_restart() {
+    let first = LocalLock::new(Duration::from_secs(5)).unwrap();
+    let a = first.acquire("f", Duration::ZERO).await.unwrap();
+    let before = a.fencing_token();
+    drop(first);
+    let restarted = LocalLock::new(Duration::from_secs(5)).unwrap();
+    let b = restarted.acquire("f", Duration::ZERO).await.unwrap();
+    assert!(
+        b.fencing_token() > before,
+        "{:?} after {before:?}",
+        b.fencing_token()
+    );
+    let c = restarted.acquire("g", Duration::ZERO).await.unwrap();
+    assert!(c.fencing_token() > b.fencing_token());
 }

@@ -140,3 +140,68 @@ async fn redis_multi_lock() {
     overlapping_sets_exclude_each_other(locks.clone()).await;
     all_or_nothing_and_cancel_safe(locks).await;
 }
+
+/// Found by an outside review: a set whose TTL was shorter than its wait lost its first lock
+/// while waiting for the next, then failed as "busy" long before its wait ran out. The locks
+/// already taken are renewed while a later one is waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_ttl_set_keeps_its_early_locks_through_a_long_wait() {
+    let locks: Arc<dyn DistributedLock> = Arc::new(LocalLock::new(Duration::from_secs(5)).unwrap());
+    let multi = MultiLock::new(locks.clone());
+    let b = locks.acquire("b", Duration::ZERO).await.unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        b.release().await.unwrap();
+    });
+    let set = multi
+        .acquire(
+            &["a", "b"],
+            AcquireOptions::new()
+                .ttl(Duration::from_millis(400))
+                .wait(Duration::from_secs(3)),
+        )
+        .await
+        .expect("a was kept alive while b was waited for");
+    for g in set.guards() {
+        assert!(g.is_held().await.unwrap(), "{} is held", g.name());
+    }
+    assert!(set.release().await.unwrap());
+}
+
+/// Found by an outside review: when Redis stalled while a set waited, the set failed but the
+/// locks it had taken stayed held for their whole TTL (their releases timed out and nobody
+/// tried again). A release the backend cannot take is now retried while the lease lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_that_fails_in_a_redis_stall_frees_its_locks_when_redis_is_back() {
+    let (mut server, lock) = server_and_lock(Duration::from_secs(5));
+    let locks: Arc<dyn DistributedLock> = Arc::new(lock);
+    let multi = MultiLock::new(locks.clone());
+    let _x = locks.acquire("x", Duration::ZERO).await.unwrap();
+    let waiting = tokio::spawn(async move {
+        multi
+            .acquire(
+                &["a", "x"],
+                AcquireOptions::new()
+                    .ttl(Duration::from_secs(60))
+                    .wait(Duration::from_secs(1)),
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.pause().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.resume().unwrap();
+    assert!(waiting.await.unwrap().is_err(), "the set failed");
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(a) = locks.try_acquire("a").await.unwrap() {
+            a.release().await.unwrap();
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a stayed held after Redis came back (its TTL is 60 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
