@@ -501,13 +501,6 @@ async fn bad_peer_input_is_refused_with_json_errors() {
             http.put(format!("{base}/v1/peer/cache/61"))
                 .bearer_auth(TOKEN)
                 .header("x-distkit-members", &fp)
-                .body(vec![0u8; 2 * 1024 * 1024]),
-            413,
-        ),
-        (
-            http.put(format!("{base}/v1/peer/cache/61"))
-                .bearer_auth(TOKEN)
-                .header("x-distkit-members", &fp)
                 .header("x-distkit-ttl-ms", "soon")
                 .body("v"),
             400,
@@ -570,6 +563,31 @@ async fn bad_peer_input_is_refused_with_json_errors() {
         let body: serde_json::Value = resp.json().await.unwrap();
         assert!(body["error"].is_string(), "case {i}");
     }
+    // A value over the limit: the node answers 413 as soon as it has read the limit and
+    // closes with the rest unread, so a client still sending may see its connection reset
+    // before the answer (a race of the sockets, seen once in CI). One of three tries must
+    // get the 413 with its JSON body, and none may get anything else.
+    let mut answered = false;
+    for _ in 0..3 {
+        let sent = http
+            .put(format!("{base}/v1/peer/cache/61"))
+            .bearer_auth(TOKEN)
+            .header("x-distkit-members", &fp)
+            .body(vec![0u8; 2 * 1024 * 1024])
+            .send()
+            .await;
+        match sent {
+            Ok(resp) => {
+                assert_eq!(resp.status().as_u16(), 413);
+                let body: serde_json::Value = resp.json().await.unwrap();
+                assert_eq!(body["kind"], "too_large");
+                answered = true;
+                break;
+            }
+            Err(e) => assert!(e.is_request(), "{e}"),
+        }
+    }
+    assert!(answered, "three resets in a row, no 413");
     // The node still serves.
     c.caches[0].set("after", "ok").await.unwrap();
     assert_eq!(
