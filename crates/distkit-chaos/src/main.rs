@@ -819,29 +819,34 @@ async fn lock_worker(ctx: Arc<Ctx>, w: usize, seed: u64) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(30..150))).await;
             ctx.fenced_write(&process, "exit", &lock, fencing);
             let node = rng.random_range(0..ctx.urls.len());
-            let t = ctx.rec.now();
-            let r = ctx
-                .http
-                .delete(format!("{}/v1/locks/{lock}", ctx.urls[node]))
-                .body(json!({"token": token}).to_string())
-                .send()
-                .await;
-            let oc = outcome(r.as_ref().ok().map(reqwest::Response::status));
-            let result = match r {
-                Ok(resp) if resp.status().is_success() => resp.json().await.unwrap_or(Value::Null),
-                _ => Value::Null,
-            };
-            ctx.record(
-                &process,
-                "release",
-                json!({"lock": lock, "fencing": fencing, "node": format!("node-{node}")}),
-                t,
-                oc,
-                result,
-            );
+            release(&ctx, &process, node, &lock, fencing, &token).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..50))).await;
     }
+}
+
+/// Releases one lock by its token through `node`, and records it.
+async fn release(ctx: &Ctx, process: &str, node: usize, lock: &str, fencing: u64, token: &str) {
+    let t = ctx.rec.now();
+    let r = ctx
+        .http
+        .delete(format!("{}/v1/locks/{lock}", ctx.urls[node]))
+        .body(json!({"token": token}).to_string())
+        .send()
+        .await;
+    let oc = outcome(r.as_ref().ok().map(reqwest::Response::status));
+    let result = match r {
+        Ok(resp) if resp.status().is_success() => resp.json().await.unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    ctx.record(
+        process,
+        "release",
+        json!({"lock": lock, "fencing": fencing, "node": format!("node-{node}")}),
+        t,
+        oc,
+        result,
+    );
 }
 
 /// Takes two of three locks at once through `POST /v1/lock-sets`, writes each grant's
@@ -922,28 +927,7 @@ async fn set_worker(ctx: Arc<Ctx>, w: usize, seed: u64) {
             }
             for g in &grants {
                 let node = rng.random_range(0..ctx.urls.len());
-                let t = ctx.rec.now();
-                let r = ctx
-                    .http
-                    .delete(format!("{}/v1/locks/{}", ctx.urls[node], g.0))
-                    .body(json!({"token": g.2}).to_string())
-                    .send()
-                    .await;
-                let oc = outcome(r.as_ref().ok().map(reqwest::Response::status));
-                let result = match r {
-                    Ok(resp) if resp.status().is_success() => {
-                        resp.json().await.unwrap_or(Value::Null)
-                    }
-                    _ => Value::Null,
-                };
-                ctx.record(
-                    &process,
-                    "release",
-                    json!({"lock": g.0, "fencing": g.1, "node": format!("node-{node}")}),
-                    t,
-                    oc,
-                    result,
-                );
+                release(&ctx, &process, node, &g.0, g.1, &g.2).await;
             }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..50))).await;
