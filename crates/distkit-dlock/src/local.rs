@@ -70,19 +70,17 @@ impl Slot {
 /// The next fencing token: `max(previous + 1, microseconds since the epoch)`, as the Redis
 /// backend's, so tokens keep rising across a restart of the process (an outside review saw
 /// them start again at 1, which a fenced store would refuse) as long as the clock does not
-/// step back.
-fn next_fence(fence: &AtomicU64) -> u64 {
+/// step back. `None` once the counter is at `u64::MAX`: a token that stopped growing would
+/// let two holders carry the same one.
+fn next_fence(fence: &AtomicU64) -> Option<u64> {
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-    let mut prev = fence.load(Ordering::SeqCst);
-    loop {
-        let next = prev.saturating_add(1).max(now_us);
-        match fence.compare_exchange(prev, next, Ordering::SeqCst, Ordering::SeqCst) {
-            Ok(_) => return next,
-            Err(seen) => prev = seen,
-        }
-    }
+    let step = |prev: u64| Some(prev.checked_add(1)?.max(now_us));
+    fence
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, step)
+        .ok()
+        .and_then(step)
 }
 
 impl LocalLock {
@@ -194,8 +192,13 @@ impl DistributedLock for LocalLock {
                 let slot = table.entry(name.to_owned()).or_default();
                 match slot.held_by_other(now) {
                     None => {
+                        let fence =
+                            next_fence(&self.inner.fence).ok_or_else(|| Error::NoCapacity {
+                                reason: "the in-process lock table's fencing tokens are \
+                                         exhausted (the counter is at u64::MAX)"
+                                    .into(),
+                            })?;
                         let token = random_token();
-                        let fence = next_fence(&self.inner.fence);
                         slot.holder = Some((token, now + ttl));
                         drop(table);
                         let lease =
@@ -276,5 +279,21 @@ impl DistributedLock for LocalLock {
 
     async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
         Ok(self.holds(lease, Instant::now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fencing_tokens_rise_and_refuse_to_wrap() {
+        let fence = AtomicU64::new(5);
+        let a = next_fence(&fence).unwrap();
+        assert!(a > 1_000_000_000_000_000, "floored by the clock: {a}");
+        assert!(next_fence(&fence).unwrap() > a);
+        let at_max = AtomicU64::new(u64::MAX);
+        assert_eq!(next_fence(&at_max), None);
+        assert_eq!(at_max.load(Ordering::SeqCst), u64::MAX, "nothing stored");
     }
 }
