@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use distkit_core::{AcquireOptions, DistributedLock, Error, FencingToken, LockGuard};
 
+use crate::name::validate;
 use crate::util::Deadline;
 
 /// The most names one [`MultiLock`] acquisition may take.
@@ -69,8 +70,9 @@ impl MultiLock {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for no name, more than [`MAX_MULTI`], a name given twice, or a
-    /// name or option the backend refuses; [`Error::Busy`] when a name stayed held past the
+    /// [`Error::InvalidInput`] (or [`Error::TooLarge`]) for no name, more than [`MAX_MULTI`],
+    /// a name given twice, a name outside the lock-name rules (checked for every name before
+    /// any is taken) or an option the backend refuses; [`Error::Busy`] when a name stayed held past the
     /// wait (nothing is held then); the backend's errors.
     pub async fn acquire(
         &self,
@@ -90,6 +92,11 @@ impl MultiLock {
                 "lock set",
                 format!("{:?} is named twice", w[0]),
             ));
+        }
+        // Every name checked before any is taken: a bad last name must not hold the others
+        // even for a moment.
+        for name in &sorted {
+            validate(name)?;
         }
         let started = Instant::now();
         let wait = options.wait_limit().unwrap_or(Duration::ZERO);
@@ -118,7 +125,7 @@ impl MultiLock {
                     Err(Error::Busy { .. }) if !deadline.passed(Instant::now()) => {
                         if let Err(e) = renew(&mut guards).await {
                             release_all(guards).await;
-                            return Err(self.ran_out(e, &sorted));
+                            return Err(ran_out(e, &sorted));
                         }
                     }
                     Err(e) => {
@@ -142,22 +149,9 @@ impl MultiLock {
             .any(|g| g.lease().valid_until().saturating_duration_since(now) < g.lease().ttl() / 2);
         if low && let Err(e) = renew(&mut guards).await {
             release_all(guards).await;
-            return Err(self.ran_out(e, &sorted));
+            return Err(ran_out(e, &sorted));
         }
         Ok(MultiGuard { guards })
-    }
-
-    /// The error for a set whose lease could not be renewed.
-    fn ran_out(&self, e: Error, sorted: &[&str]) -> Error {
-        match e {
-            Error::NotHeld { what, .. } => Error::NotHeld {
-                what: format!("{what} (of the set {sorted:?})"),
-                reason: "its lease ran out before the rest of the set was taken; use a TTL \
-                         longer than taking the set lasts"
-                    .into(),
-            },
-            other => other,
-        }
     }
 
     /// Takes every lock in `names` if all are free now; `None` (holding nothing) otherwise.
@@ -171,6 +165,19 @@ impl MultiLock {
             Err(Error::Busy { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The error for a set whose lease could not be renewed.
+fn ran_out(e: Error, sorted: &[&str]) -> Error {
+    match e {
+        Error::NotHeld { what, .. } => Error::NotHeld {
+            what: format!("{what} (of the set {sorted:?})"),
+            reason: "its lease ran out before the rest of the set was taken; use a TTL longer \
+                     than taking the set lasts"
+                .into(),
+        },
+        other => other,
     }
 }
 

@@ -717,21 +717,6 @@ struct LockSetBody {
 /// released or extended by its own name and token.
 async fn lock_set_acquire(State(app): State<Arc<App>>, body: Body) -> Reply {
     let req: LockSetBody = json_body(body).await?;
-    if let Some(long) = req
-        .names
-        .iter()
-        .find(|n| n.len() > distkit_dlock::MAX_NAME_LEN)
-    {
-        count_acquire("invalid");
-        return Err(error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!(
-                "lock names are at most {} bytes, got {}",
-                distkit_dlock::MAX_NAME_LEN,
-                long.len()
-            ),
-        ));
-    }
     let opts = acquire_options(req.ttl_ms, req.wait_ms)?;
     let names: Vec<&str> = req.names.iter().map(String::as_str).collect();
     let multi = distkit_dlock::MultiLock::new(app.locks.clone());
