@@ -154,42 +154,44 @@ async fn probe_peers(app: std::sync::Weak<App>) {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (id, state, answered_as) in seen {
             let before = health.get(&id).map(|p| p.state);
-            if state != before.unwrap_or(PeerState::Ok) {
+            // Configuration mistakes are counted at every probe that sees them...
+            match state {
+                PeerState::TokenRefused => {
+                    metrics::counter!("distkit_node_peer_auth_failures_total", "peer" => id.to_string())
+                        .increment(1);
+                }
+                PeerState::TlsRefused => {
+                    metrics::counter!("distkit_node_peer_tls_failures_total", "peer" => id.to_string())
+                        .increment(1);
+                }
+                _ => {}
+            }
+            // ...and said once, when they begin.
+            if before != Some(state) {
                 match state {
-                    PeerState::TlsRefused => {
-                        metrics::counter!("distkit_node_peer_tls_failures_total", "peer" => id.to_string())
-                            .increment(1);
-                        tracing::warn!(
-                            peer = %id,
-                            "the TLS handshake with the peer failed: it serves plaintext, or \
-                             its certificate is not signed by --tls-ca, has expired or is not \
-                             yet valid, or does not name the address in its URL"
-                        );
-                    }
+                    PeerState::TokenRefused => tracing::warn!(
+                        peer = %id,
+                        "the peer refuses this node's cluster token (or uses another one): \
+                         check --token on both nodes; until then they cannot elect or share \
+                         the cache together"
+                    ),
+                    PeerState::TlsRefused => tracing::warn!(
+                        peer = %id,
+                        "the TLS handshake with the peer failed: it serves plaintext, or \
+                         its certificate is not signed by --tls-ca, has expired or is not \
+                         yet valid, or does not name the address in its URL"
+                    ),
                     PeerState::WrongNode => tracing::warn!(
                         peer = %id,
                         answered_as = answered_as.as_deref().unwrap_or(""),
                         "another node answers at this peer's URL: check --peer"
                     ),
-                    _ => {}
+                    PeerState::Ok | PeerState::Unreachable => {
+                        if before == Some(PeerState::TokenRefused) {
+                            tracing::info!(peer = %id, "the peer accepts this node's cluster token again");
+                        }
+                    }
                 }
-            } else if state == PeerState::TlsRefused {
-                metrics::counter!("distkit_node_peer_tls_failures_total", "peer" => id.to_string())
-                    .increment(1);
-            }
-            if state == PeerState::TokenRefused {
-                metrics::counter!("distkit_node_peer_auth_failures_total", "peer" => id.to_string())
-                    .increment(1);
-                if before != Some(PeerState::TokenRefused) {
-                    tracing::warn!(
-                        peer = %id,
-                        "the peer refuses this node's cluster token (or uses another one): \
-                         check --token on both nodes; until then they cannot elect or share \
-                         the cache together"
-                    );
-                }
-            } else if before == Some(PeerState::TokenRefused) {
-                tracing::info!(peer = %id, "the peer accepts this node's cluster token again");
             }
             health.insert(id, Probe { state, at: now });
         }
