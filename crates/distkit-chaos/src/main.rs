@@ -723,7 +723,6 @@ struct Ctx {
 }
 
 impl Ctx {
-    #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
         process: &str,
@@ -901,21 +900,20 @@ async fn set_worker(ctx: Arc<Ctx>, w: usize, seed: u64) {
         let ttl_ms = body.as_ref().map_or(Value::Null, |b| b["ttl_ms"].clone());
         for name in &names {
             let grant = grants.iter().find(|g| g.0 == *name);
-            ctx.rec.push(Op {
-                process: process.clone(),
-                op: "acquire".into(),
-                args: json!({"lock": name, "node": format!("node-{node}"), "set": names}),
-                invoke_ns: t,
-                complete_ns: ctx.rec.now(),
-                outcome: if grant.is_some() {
-                    oc.clone()
-                } else if oc == Outcome::Ok {
-                    Outcome::Info
-                } else {
-                    oc.clone()
-                },
-                result: grant.map_or(Value::Null, |g| json!({"fencing": g.1, "ttl_ms": ttl_ms})),
-            });
+            // An answer without this name's grant (a lost body) leaves it unknown.
+            let outcome = if oc == Outcome::Ok && grant.is_none() {
+                Outcome::Info
+            } else {
+                oc.clone()
+            };
+            ctx.record(
+                &process,
+                "acquire",
+                json!({"lock": name, "node": format!("node-{node}"), "set": names}),
+                t,
+                outcome,
+                grant.map_or(Value::Null, |g| json!({"fencing": g.1, "ttl_ms": ttl_ms})),
+            );
         }
         if oc == Outcome::Ok && grants.len() == names.len() {
             for g in &grants {
