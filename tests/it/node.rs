@@ -855,6 +855,37 @@ async fn an_acquire_waiting_at_shutdown_gets_503_and_holds_nothing() {
     assert_eq!(r.status().as_u16(), 200);
 }
 
+/// One node without peers (in-process locks), started and leading; its data directory lives
+/// as long as `dir`.
+pub(crate) struct Solo {
+    pub(crate) child: Child,
+    pub(crate) url: String,
+    pub(crate) port: u16,
+    pub(crate) http: reqwest::Client,
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Solo {
+    pub(crate) async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = distkit_testkit::free_port().unwrap();
+        let child = spawn_solo(port, dir.path());
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        wait_status(&http, &url, "the node did not start and lead", |s| {
+            s["leader"].is_string()
+        })
+        .await;
+        Self {
+            child,
+            url,
+            port,
+            http,
+            dir,
+        }
+    }
+}
+
 fn spawn_solo(port: u16, data: &std::path::Path) -> Child {
     node_command()
         .args(["--id", "solo", "--listen", &format!("127.0.0.1:{port}")])
@@ -869,15 +900,13 @@ fn spawn_solo(port: u16, data: &std::path::Path) -> Child {
 /// answered 503 as soon as shutdown begins, and the node exits at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_acquires_are_answered_503_when_shutdown_begins() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = distkit_testkit::free_port().unwrap();
-    let mut child = spawn_solo(port, dir.path());
-    let u = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_status(&http, &u, "the node did not start", |s| {
-        s["leader"].is_string()
-    })
-    .await;
+    let Solo {
+        mut child,
+        url: u,
+        port: _,
+        http,
+        dir: _dir,
+    } = Solo::start().await;
     let held = send_json(
         http.post(format!("{u}/v1/locks/busy"))
             .body("{\"ttl_ms\": 30000}"),
@@ -916,15 +945,13 @@ async fn waiting_acquires_are_answered_503_when_shutdown_begins() {
 /// name and token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_sets_are_taken_whole_or_not_at_all() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = distkit_testkit::free_port().unwrap();
-    let mut child = spawn_solo(port, dir.path());
-    let u = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_status(&http, &u, "the node did not start", |s| {
-        s["leader"].is_string()
-    })
-    .await;
+    let Solo {
+        mut child,
+        url: u,
+        port: _,
+        http,
+        dir: _dir,
+    } = Solo::start().await;
     let set = |names: &str| {
         http.post(format!("{u}/v1/lock-sets"))
             .body(format!("{{\"names\": {names}, \"ttl_ms\": 10000}}"))
@@ -982,17 +1009,13 @@ async fn lock_sets_are_taken_whole_or_not_at_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_exits_at_once() {
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let port = distkit_testkit::free_port().unwrap();
-    let mut child = spawn_solo(port, dir.path());
-    let u = format!("http://127.0.0.1:{port}");
-    wait_status(
-        &reqwest::Client::new(),
-        &u,
-        "the node did not start",
-        |_| true,
-    )
-    .await;
+    let Solo {
+        mut child,
+        url: _,
+        port,
+        http: _,
+        dir: _dir,
+    } = Solo::start().await;
     // A request whose body is still coming: the graceful shutdown waits for it.
     let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     slow.write_all(
@@ -1054,12 +1077,13 @@ async fn a_peer_url_that_reaches_another_node_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_sent_requests_are_cut_and_cannot_hold_shutdown() {
     use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let port = distkit_testkit::free_port().unwrap();
-    let mut child = spawn_solo(port, dir.path());
-    let u = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_status(&http, &u, "the node did not start", |_| true).await;
+    let Solo {
+        mut child,
+        url: u,
+        port,
+        http,
+        dir: _dir,
+    } = Solo::start().await;
     let slow = |n: usize| -> Vec<std::net::TcpStream> {
         (0..n)
             .map(|_| {
@@ -1267,15 +1291,13 @@ async fn dev_mode_serves_at_once_and_no_arguments_says_what_to_do() {
 /// HTTP latency is a histogram (not a summary), and the figures move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_have_help_lines_histograms_and_move() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = distkit_testkit::free_port().unwrap();
-    let mut child = spawn_solo(port, dir.path());
-    let u = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_status(&http, &u, "the node did not lead", |s| {
-        s["leader"] == "solo"
-    })
-    .await;
+    let Solo {
+        mut child,
+        url: u,
+        port: _,
+        http,
+        dir: _dir,
+    } = Solo::start().await;
     let scrape = || async {
         http.get(format!("{u}/metrics"))
             .send()
