@@ -103,7 +103,10 @@ pub use ids::{FencingToken, LockToken, MAX_NODE_ID_LEN, NodeId, Term};
 #[doc(inline)]
 pub use locate::Locator;
 #[doc(inline)]
-pub use lock::{AcquireOptions, DistributedLock, Lease, LeaseStatus, LockGuard};
+pub use lock::{
+    AcquireOptions, DistributedLock, DistributedRwLock, DistributedSemaphore, Lease, LeaseStatus,
+    LockGuard, PermitCount,
+};
 #[doc(inline)]
 pub use token::ClusterToken;
 #[doc(inline)]

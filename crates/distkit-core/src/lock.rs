@@ -265,6 +265,81 @@ impl<T: DistributedLock + ?Sized> DistributedLock for Box<T> {
     }
 }
 
+/// A read-write lock service: many readers or one writer per name.
+///
+/// Each side is a [`DistributedLock`] of its own, so guards, watchdogs, release on drop and
+/// taking several names together work the same as for a mutex. Read and write grants of one name draw their fencing tokens from **one** counter,
+/// so a store that keeps the largest token it saw orders reads and writes alike.
+///
+/// # Contract for implementations
+///
+/// * While a write lease is valid, no other read or write lease of the name is valid.
+/// * **Writer preference**: once a writer waits, new readers wait behind it, so a stream of
+///   readers cannot starve writers.
+/// * Upgrading a read lease to a write lease is not offered: two readers upgrading at once
+///   would wait for each other forever. Release the read lease and acquire the write lease.
+pub trait DistributedRwLock: Send + Sync + fmt::Debug {
+    /// The read side: shared with other readers, excluded by a writer.
+    fn read_lock(&self) -> Arc<dyn DistributedLock>;
+    /// The write side: exclusive.
+    fn write_lock(&self) -> Arc<dyn DistributedLock>;
+}
+
+/// A counting semaphore service: each name has a limit of permits, and a grant holds `k` of
+/// them under its own lease (a holder that dies gives its permits back when the lease ends,
+/// like Redisson's `RPermitExpirableSemaphore`).
+///
+/// [`acquire_with`](DistributedLock::acquire_with) takes one permit; the lease's guard,
+/// release, extension and fencing token work as for a lock. Every grant of a name gets a
+/// fencing token larger than all earlier grants of that name.
+///
+/// # Contract for implementations
+///
+/// * The permits of the valid leases of a name never add up to more than its limit at the
+///   time each was granted. Lowering the limit takes nothing from current holders: new
+///   grants wait until the holders are back under it.
+/// * A name whose limit was never set has the service's default limit.
+#[async_trait]
+pub trait DistributedSemaphore: DistributedLock {
+    /// Acquires `permits` permits of `name` under one lease, waiting as `options` say.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for zero permits; otherwise as
+    /// [`DistributedLock::acquire_with`]. Asking for more permits than the limit is not an
+    /// error (the limit may be raised meanwhile): the request waits and ends [`Error::Busy`]
+    /// at its wait limit.
+    async fn acquire_permits(
+        &self,
+        name: &str,
+        permits: u32,
+        options: AcquireOptions,
+    ) -> Result<LockGuard, Error>;
+
+    /// Sets the limit of `name` (at least 1). Raising it wakes waiters at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a zero limit or a bad name; backend errors otherwise.
+    async fn set_permits(&self, name: &str, permits: u32) -> Result<(), Error>;
+
+    /// The limit of `name` and the permits its valid leases hold now.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a bad name; backend errors otherwise.
+    async fn permits(&self, name: &str) -> Result<PermitCount, Error>;
+}
+
+/// A semaphore's limit and the permits held under valid leases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PermitCount {
+    /// The most permits the name grants at once.
+    pub limit: u32,
+    /// The permits held now.
+    pub in_use: u32,
+}
+
 /// A held lock. Dropping it releases the lock in the background; [`release`](Self::release)
 /// does it in the foreground and reports the outcome.
 ///

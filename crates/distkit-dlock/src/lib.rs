@@ -99,6 +99,7 @@
 #![forbid(unsafe_code)]
 
 mod errors;
+mod family;
 mod local;
 mod multi;
 mod name;
@@ -109,6 +110,8 @@ mod scripts;
 mod util;
 
 #[doc(inline)]
+pub use family::{RedisFairLock, RedisRwLock, RedisSemaphore};
+#[doc(inline)]
 pub use local::{DEFAULT_MAX_LOCKS, LocalLock};
 #[doc(inline)]
 pub use multi::{MAX_MULTI, MultiGuard, MultiLock};
@@ -116,7 +119,8 @@ pub use multi::{MAX_MULTI, MultiGuard, MultiLock};
 pub use name::MAX_NAME_LEN;
 #[doc(inline)]
 pub use redis_lock::{
-    DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX, DEFAULT_TTL, MAX_POOL_SIZE, RedisLock, RedisLockBuilder,
+    DEFAULT_HANDOFF_WINDOW, DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX, DEFAULT_QUEUE_ENTRY_TTL,
+    DEFAULT_TTL, MAX_POOL_SIZE, RedisLock, RedisLockBuilder,
 };
 #[doc(inline)]
 pub use redlock::{Redlock, RedlockBuilder};

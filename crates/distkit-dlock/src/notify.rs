@@ -3,8 +3,10 @@
 //! One pub/sub connection per lock service carries every channel that has waiters. A waiter
 //! registers (which subscribes and waits for Redis to confirm) *before* its failed attempt,
 //! so a release between that attempt and the wait cannot be missed (Redisson #1763). Each
-//! release message wakes one waiter of the process; the rest stay asleep instead of stampeding
-//! Redis. When the pub/sub connection is down, registration says so and waiters poll.
+//! release message wakes one waiter of the process (or, on a *broadcast* channel such as a
+//! read-write lock's, every waiter, since a writer's release lets all readers in); the rest
+//! stay asleep instead of stampeding Redis. When the pub/sub connection is down, registration
+//! says so and waiters poll.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,14 +17,18 @@ use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use tokio::sync::{Mutex, Notify, oneshot};
 
+/// Each channel's waker, and whether a message wakes all its waiters.
+type Wakers = HashMap<String, (Arc<Notify>, bool)>;
+
 #[derive(Debug)]
 pub(crate) struct Notifier {
     client: redis::Client,
     connect_timeout: Duration,
     /// Serializes (un)subscribe commands with the reference counts they depend on.
     control: Mutex<Control>,
-    /// Read by the message task without awaiting.
-    wakers: Arc<StdMutex<HashMap<String, Arc<Notify>>>>,
+    /// Read by the message task without awaiting: each channel's waker, and whether a message
+    /// wakes every waiter (broadcast) or one.
+    wakers: Arc<StdMutex<Wakers>>,
 }
 
 #[derive(Default)]
@@ -62,7 +68,7 @@ impl Notifier {
         }
     }
 
-    pub(crate) async fn register(self: &Arc<Self>, channel: &str) -> Registration {
+    pub(crate) async fn register(self: &Arc<Self>, channel: &str, broadcast: bool) -> Registration {
         // Under the control lock, so a concurrent last release cannot remove the waker after
         // we took it.
         let mut control = self.control.lock().await;
@@ -70,11 +76,20 @@ impl Notifier {
             let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
             wakers
                 .entry(channel.to_owned())
-                .or_insert_with(|| Arc::new(Notify::new()))
+                .or_insert_with(|| (Arc::new(Notify::new()), broadcast))
+                .0
                 .clone()
         };
-        *control.refs.entry(channel.to_owned()).or_insert(0) += 1;
-        let subscribed = self.subscribe(&mut control, channel).await;
+        let refs = control.refs.entry(channel.to_owned()).or_insert(0);
+        *refs += 1;
+        let already = *refs > 1
+            && control
+                .conn
+                .as_ref()
+                .is_some_and(|(_, alive, _)| alive.load(Ordering::Acquire));
+        // Another waiter of this channel holds a confirmed subscription on the live
+        // connection: no second SUBSCRIBE round trip (it was one per contended acquire).
+        let subscribed = already || self.subscribe(&mut control, channel).await;
         Registration {
             notifier: self.clone(),
             channel: channel.to_owned(),
@@ -146,8 +161,10 @@ impl Notifier {
                     .unwrap_or_else(PoisonError::into_inner)
                     .get(msg.get_channel_name())
                     .cloned();
-                if let Some(n) = waker {
-                    n.notify_one();
+                match waker {
+                    Some((n, true)) => n.notify_waiters(),
+                    Some((n, false)) => n.notify_one(),
+                    None => {}
                 }
             }
             flag.store(false, Ordering::Release);

@@ -11,6 +11,7 @@ use distkit_core::{
 use redis::aio::MultiplexedConnection;
 
 use crate::errors::{from_pool, from_redis};
+use crate::family::{Handle, Kind, RedisFairLock, RedisRwLock, RedisSemaphore, Target};
 use crate::name::{Keys, validate};
 use crate::notify::{Notifier, Registration};
 use crate::scripts;
@@ -24,6 +25,10 @@ pub const DEFAULT_PREFIX: &str = "distkit:lock:";
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest connection pool accepted (the pool allocates its slots up front).
 pub const MAX_POOL_SIZE: usize = 1024;
+/// Default expiry of a waiter's entry in a fair lock's queue (or a waiting writer's mark).
+pub const DEFAULT_QUEUE_ENTRY_TTL: Duration = Duration::from_secs(3);
+/// Default hand-off window of the plain lock under contention.
+pub const DEFAULT_HANDOFF_WINDOW: Duration = Duration::from_millis(10);
 
 /// Configures a [`RedisLock`].
 #[derive(Clone, Debug)]
@@ -36,9 +41,30 @@ pub struct RedisLockBuilder {
     prefix: String,
     op_timeout: Duration,
     pool_size: usize,
+    queue_entry_ttl: Duration,
+    handoff_window: Duration,
 }
 
 impl RedisLockBuilder {
+    /// How long a waiter's place in a [`RedisFairLock`]'s queue (or a waiting writer's mark
+    /// on a [`RedisRwLock`]) lasts unless its waiter renews it, which it does every third of
+    /// this (default 3 s, from 30 ms to a minute). It bounds how long a waiter that died
+    /// without a word holds up the others.
+    pub fn queue_entry_ttl(mut self, ttl: Duration) -> Self {
+        self.queue_entry_ttl = ttl;
+        self
+    }
+
+    /// How long a released plain lock is kept for the waiters the release woke (default
+    /// 10 ms, at most 1 s; zero turns it off). While the window lasts, only a woken waiter
+    /// may take the lock, so the worker that just released cannot grab it straight back
+    /// ahead of them: under contention, grants spread across workers and processes. The
+    /// window ends as soon as a woken waiter takes the lock.
+    pub fn handoff_window(mut self, window: Duration) -> Self {
+        self.handoff_window = window;
+        self
+    }
+
     /// Lease length when an acquisition does not ask for one (default 30 s).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -113,6 +139,23 @@ impl RedisLockBuilder {
                 ),
             ));
         }
+        if self.queue_entry_ttl < Duration::from_millis(30)
+            || self.queue_entry_ttl > Duration::from_secs(60)
+        {
+            return Err(Error::invalid_input(
+                "queue entry ttl",
+                format!(
+                    "it must be from 30 ms to 60 s, got {:?}",
+                    self.queue_entry_ttl
+                ),
+            ));
+        }
+        if self.handoff_window > Duration::from_secs(1) {
+            return Err(Error::invalid_input(
+                "hand-off window",
+                format!("it must be at most 1 s, got {:?}", self.handoff_window),
+            ));
+        }
         if self.prefix.contains(['{', '}']) {
             return Err(Error::invalid_input(
                 "key prefix",
@@ -146,6 +189,8 @@ impl RedisLockBuilder {
                 watchdog: self.watchdog,
                 renew_every: self.renew_every,
                 op_timeout: self.op_timeout,
+                queue_entry_ttl: self.queue_entry_ttl,
+                handoff_window: self.handoff_window,
             }),
         })
     }
@@ -194,6 +239,8 @@ struct Inner {
     watchdog: bool,
     renew_every: Option<Duration>,
     op_timeout: Duration,
+    queue_entry_ttl: Duration,
+    handoff_window: Duration,
 }
 
 struct Live {
@@ -218,7 +265,167 @@ impl RedisLock {
             prefix: DEFAULT_PREFIX.to_owned(),
             op_timeout: DEFAULT_OP_TIMEOUT,
             pool_size: 8,
+            queue_entry_ttl: DEFAULT_QUEUE_ENTRY_TTL,
+            handoff_window: DEFAULT_HANDOFF_WINDOW,
         }
+    }
+
+    /// A fair lock (FIFO waiters) on this service's connections and settings.
+    #[must_use]
+    pub fn fair(&self) -> RedisFairLock {
+        RedisFairLock::new(self.clone())
+    }
+
+    /// A read-write lock on this service's connections and settings.
+    #[must_use]
+    pub fn rw(&self) -> RedisRwLock {
+        RedisRwLock::new(self.clone())
+    }
+
+    /// A semaphore on this service's connections and settings; a name never given a limit
+    /// with [`set_permits`](distkit_core::DistributedSemaphore::set_permits) has
+    /// `default_permits`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for zero permits.
+    pub fn semaphore(&self, default_permits: u32) -> Result<RedisSemaphore, Error> {
+        RedisSemaphore::new(self.clone(), default_permits)
+    }
+
+    /// Acquires `name` as one `kind` of the family: one loop for all of them.
+    pub(crate) async fn acquire_kind(
+        &self,
+        name: &str,
+        options: AcquireOptions,
+        kind: Kind,
+        default_limit: u32,
+    ) -> Result<LockGuard, Error> {
+        validate(name)?;
+        if kind == Kind::Permits(0) {
+            return Err(Error::invalid_input("permits", "it must be at least 1"));
+        }
+        let ttl = options.ttl_value().unwrap_or(self.inner.ttl);
+        validate_ttl(ttl)?;
+        let watchdog = options.watchdog_value().unwrap_or(self.inner.watchdog);
+        let renew_every = self
+            .inner
+            .renew_every
+            .filter(|e| *e < ttl)
+            .unwrap_or(ttl / 3);
+        let wait = options.wait_limit().unwrap_or(Duration::ZERO);
+        let token = random_token();
+        let target = Target::new(&self.inner.prefix, name, kind, token);
+        let started = Instant::now();
+        let deadline = Deadline::after(started, wait);
+        // Only a caller that may wait takes a place in a queue.
+        let join = !wait.is_zero();
+        let mut entry = QueueEntry {
+            leave: target
+                .leave()
+                .filter(|_| join)
+                .map(|call| (self.clone(), call)),
+        };
+        // A queued waiter renews its entry by trying again at least this often.
+        let heartbeat = target.queues().then(|| self.inner.queue_entry_ttl / 3);
+        let (channel, broadcast) = target.wake_channel();
+        let ttl_ms = ttl.as_millis() as u64;
+        let entry_ms = self.inner.queue_entry_ttl.as_millis() as u64;
+        let mut woken = false;
+        // Try first: an uncontended acquire pays one round trip. Only when the lock is held
+        // (and we may wait) subscribe to its release channel, then try once more before
+        // sleeping, so no release can slip between the failed attempt and the wait.
+        let mut registration: Option<Registration> = None;
+        let mut backoff = Backoff::new();
+        loop {
+            let notified = registration.as_ref().map(|r| {
+                let n = r.notify.notified();
+                Box::pin(n)
+            });
+            let mut notified = notified;
+            if let Some(n) = notified.as_mut() {
+                n.as_mut().enable();
+            }
+            let sent = Instant::now();
+            let call = target.acquire(ttl_ms, entry_ms, join, woken, default_limit);
+            let outcome = self.attempt_call(call, target.release(0), name).await;
+            woken = false;
+            let now = Instant::now();
+            match outcome {
+                Ok(Attempt::Granted(fence)) => {
+                    // Conservative validity: measured from before the request was sent.
+                    let valid_until = sent + ttl;
+                    let lease = Lease::new(name, token, fence, ttl, valid_until);
+                    entry.disarm();
+                    let backend: Arc<dyn DistributedLock> = match kind {
+                        Kind::Plain => Arc::new(self.clone()),
+                        _ => Arc::new(Handle {
+                            lock: self.clone(),
+                            kind,
+                            default_limit,
+                        }),
+                    };
+                    return Ok(guard(lease, backend, watchdog, renew_every));
+                }
+                Ok(Attempt::Held { pttl }) => {
+                    if wait.is_zero() || deadline.passed(now) {
+                        entry.leave().await;
+                        return Err(Error::Busy {
+                            what: format!("lock {name:?}"),
+                            waited: now - started,
+                        });
+                    }
+                    if registration.is_none() {
+                        drop(notified);
+                        registration =
+                            Some(self.inner.notifier.register(&channel, broadcast).await);
+                        continue;
+                    }
+                    let subscribed = registration.as_ref().is_some_and(|r| r.subscribed);
+                    let mut poll = if subscribed {
+                        backoff.subscribed_poll()
+                    } else {
+                        backoff.next_poll()
+                    };
+                    if let Some(beat) = heartbeat {
+                        poll = poll.min(beat);
+                    }
+                    // Wake when the holder's lease runs out: a crashed holder sends no message.
+                    let until_expiry = pttl.map_or(poll, |p| p + Duration::from_millis(1));
+                    let sleep = deadline.cap(now, poll.min(until_expiry));
+                    match notified {
+                        Some(n) => {
+                            tokio::select! {
+                                () = n => woken = true,
+                                () = tokio::time::sleep(sleep) => {}
+                            }
+                        }
+                        None => tokio::time::sleep(sleep).await,
+                    }
+                }
+                Err(e) if e.is_retryable() && !wait.is_zero() && !deadline.passed(now) => {
+                    tracing::debug!(lock = name, error = %e, "acquire attempt failed; retrying");
+                    tokio::time::sleep(deadline.cap(now, backoff.next_poll())).await;
+                }
+                Err(e) => {
+                    entry.leave().await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// Runs one script call under the operation timeout.
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        call: redis::ScriptInvocation<'static>,
+    ) -> Result<T, Error> {
+        let mut conn = self.conn().await?;
+        self.timed(call.invoke_async(&mut conn)).await
     }
 
     /// A lock service for `url` with default settings.
@@ -317,31 +524,42 @@ impl RedisLock {
         r
     }
 
-    /// One grant attempt. Cancellation-safe: if this future is dropped while the script may
-    /// have run, a compare-token release follows on the same connection.
+    /// One plain grant attempt (Redlock's, on this server). Cancellation-safe as
+    /// [`attempt_call`](Self::attempt_call).
     pub(crate) async fn attempt(
         &self,
         keys: &Keys,
         token: LockToken,
         ttl: Duration,
     ) -> Result<Attempt, Error> {
+        let mut call = scripts::ACQUIRE.prepare_invoke();
+        call.key(&keys.lock)
+            .key(&keys.fence)
+            .key(format!("{}:handoff", keys.lock))
+            .arg(token.to_string())
+            .arg(ttl.as_millis() as u64)
+            .arg("0");
+        let mut release = scripts::RELEASE.prepare_invoke();
+        release
+            .key(&keys.lock)
+            .arg(token.to_string())
+            .arg(&keys.channel);
+        self.attempt_call(call, release, &keys.lock).await
+    }
+
+    /// One grant attempt by script `call`. Cancellation-safe: if this future is dropped while
+    /// the script may have run, `release` follows on the same connection.
+    async fn attempt_call(
+        &self,
+        call: redis::ScriptInvocation<'static>,
+        release: redis::ScriptInvocation<'static>,
+        lock: &str,
+    ) -> Result<Attempt, Error> {
         let mut mux = self.conn().await?;
         let pending = PendingGrant {
-            conn: Some(mux.clone()),
-            lock: keys.lock.clone(),
-            channel: keys.channel.clone(),
-            token,
+            release: Some((mux.clone(), release)),
         };
-        let reply: Result<(u8, i64), Error> = self
-            .timed(
-                scripts::ACQUIRE
-                    .key(&keys.lock)
-                    .key(&keys.fence)
-                    .arg(token.to_string())
-                    .arg(ttl.as_millis() as u64)
-                    .invoke_async(&mut mux),
-            )
-            .await;
+        let reply: Result<(u8, i64), Error> = self.timed(call.invoke_async(&mut mux)).await;
         match reply {
             Ok((1, fence)) => {
                 let Ok(fence) = u64::try_from(fence) else {
@@ -349,10 +567,7 @@ impl RedisLock {
                     // a grant whose token means nothing (`pending` releases on drop).
                     return Err(Error::protocol(
                         format!("redis at {}", self.inner.endpoint),
-                        format!(
-                            "granted {} with a negative fencing token {fence}",
-                            keys.lock
-                        ),
+                        format!("granted {lock} with a negative fencing token {fence}"),
                     ));
                 };
                 pending.disarm();
@@ -393,62 +608,95 @@ impl RedisLock {
         Ok(n == 1)
     }
 
-    async fn run_script(
+    pub(crate) async fn release_kind(&self, lease: &Lease, kind: Kind) -> Result<bool, Error> {
+        let target = Target::new(&self.inner.prefix, lease.name(), kind, lease.token());
+        let window = if kind == Kind::Plain {
+            self.inner.handoff_window.as_millis() as u64
+        } else {
+            0
+        };
+        let n: i64 = self.invoke(target.release(window)).await?;
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn extend_kind(
         &self,
-        script: &redis::Script,
-        keys: &Keys,
-        lease: &Lease,
-        arg: String,
+        lease: &mut Lease,
+        ttl: Duration,
+        kind: Kind,
     ) -> Result<bool, Error> {
-        let mut conn = self.conn().await?;
-        let n: i64 = self
-            .timed(
-                script
-                    .key(&keys.lock)
-                    .arg(lease.token().to_string())
-                    .arg(arg)
-                    .invoke_async(&mut conn),
-            )
-            .await?;
+        validate_ttl(ttl)?;
+        let target = Target::new(&self.inner.prefix, lease.name(), kind, lease.token());
+        let sent = Instant::now();
+        let n: i64 = self.invoke(target.extend(ttl.as_millis() as u64)).await?;
+        if n == 1 {
+            lease.renewed(ttl, sent + ttl);
+        }
+        Ok(n == 1)
+    }
+
+    pub(crate) async fn held_kind(&self, lease: &Lease, kind: Kind) -> Result<bool, Error> {
+        let target = Target::new(&self.inner.prefix, lease.name(), kind, lease.token());
+        let n: i64 = self.invoke(target.held()).await?;
         Ok(n == 1)
     }
 }
 
 /// Releases a grant whose caller went away before seeing it.
 struct PendingGrant {
-    conn: Option<MultiplexedConnection>,
-    lock: String,
-    channel: String,
-    token: LockToken,
+    release: Option<(MultiplexedConnection, redis::ScriptInvocation<'static>)>,
 }
 
 impl PendingGrant {
     fn disarm(mut self) {
-        self.conn = None;
+        self.release = None;
     }
 }
 
 impl Drop for PendingGrant {
     fn drop(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let Some((mut conn, release)) = self.release.take() else {
             return;
         };
-        let (lock, channel, token) = (
-            std::mem::take(&mut self.lock),
-            std::mem::take(&mut self.channel),
-            self.token,
-        );
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let r: redis::RedisResult<i64> = scripts::RELEASE
-                    .key(&lock)
-                    .arg(token.to_string())
-                    .arg(&channel)
-                    .invoke_async(&mut conn)
-                    .await;
+                let r: redis::RedisResult<i64> = release.invoke_async(&mut conn).await;
                 if let Ok(1) = r {
-                    tracing::debug!(lock, "released a grant whose caller was cancelled");
+                    tracing::debug!("released a grant whose caller was cancelled");
                 }
+            });
+        }
+    }
+}
+
+/// A waiter's entry in a queue (a fair lock's, or a read-write lock's waiting writers):
+/// removed when the waiter gives up, fails or is cancelled, unless it was granted.
+struct QueueEntry {
+    leave: Option<(RedisLock, redis::ScriptInvocation<'static>)>,
+}
+
+impl QueueEntry {
+    fn disarm(&mut self) {
+        self.leave = None;
+    }
+
+    /// Leaves now and waits for it (the waiter gives up: the next one goes at once).
+    async fn leave(&mut self) {
+        if let Some((lock, call)) = self.leave.take() {
+            let _: Result<i64, Error> = lock.invoke(call).await;
+        }
+    }
+}
+
+impl Drop for QueueEntry {
+    fn drop(&mut self) {
+        let Some((lock, call)) = self.leave.take() else {
+            return;
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                // At worst the entry expires with its ttl.
+                let _: Result<i64, Error> = lock.invoke(call).await;
             });
         }
     }
@@ -468,114 +716,18 @@ impl fmt::Debug for RedisLock {
 #[async_trait]
 impl DistributedLock for RedisLock {
     async fn acquire_with(&self, name: &str, options: AcquireOptions) -> Result<LockGuard, Error> {
-        validate(name)?;
-        let ttl = options.ttl_value().unwrap_or(self.inner.ttl);
-        validate_ttl(ttl)?;
-        let watchdog = options.watchdog_value().unwrap_or(self.inner.watchdog);
-        let renew_every = self
-            .inner
-            .renew_every
-            .filter(|e| *e < ttl)
-            .unwrap_or(ttl / 3);
-        let wait = options.wait_limit().unwrap_or(Duration::ZERO);
-        let keys = Keys::new(&self.inner.prefix, name);
-        let token = random_token();
-        let started = Instant::now();
-        let deadline = Deadline::after(started, wait);
-        // Try first: an uncontended acquire pays one round trip. Only when the lock is held
-        // (and we may wait) subscribe to its release channel, then try once more before
-        // sleeping, so no release can slip between the failed attempt and the wait.
-        let mut registration: Option<Registration> = None;
-        let mut backoff = Backoff::new();
-        loop {
-            let notified = registration.as_ref().map(|r| {
-                let n = r.notify.notified();
-                Box::pin(n)
-            });
-            let mut notified = notified;
-            if let Some(n) = notified.as_mut() {
-                n.as_mut().enable();
-            }
-            let sent = Instant::now();
-            let outcome = self.attempt(&keys, token, ttl).await;
-            let now = Instant::now();
-            match outcome {
-                Ok(Attempt::Granted(fence)) => {
-                    // Conservative validity: measured from before the request was sent.
-                    let valid_until = sent + ttl;
-                    let lease = Lease::new(name, token, fence, ttl, valid_until);
-                    return Ok(guard(lease, Arc::new(self.clone()), watchdog, renew_every));
-                }
-                Ok(Attempt::Held { pttl }) => {
-                    if wait.is_zero() || deadline.passed(now) {
-                        return Err(Error::Busy {
-                            what: format!("lock {name:?}"),
-                            waited: now - started,
-                        });
-                    }
-                    if registration.is_none() {
-                        drop(notified);
-                        registration = Some(self.inner.notifier.register(&keys.channel).await);
-                        continue;
-                    }
-                    let subscribed = registration.as_ref().is_some_and(|r| r.subscribed);
-                    let poll = if subscribed {
-                        backoff.subscribed_poll()
-                    } else {
-                        backoff.next_poll()
-                    };
-                    // Wake when the holder's lease runs out: a crashed holder sends no message.
-                    let until_expiry = pttl.map_or(poll, |p| p + Duration::from_millis(1));
-                    let sleep = deadline.cap(now, poll.min(until_expiry));
-                    match notified {
-                        Some(n) => {
-                            tokio::select! {
-                                () = n => {}
-                                () = tokio::time::sleep(sleep) => {}
-                            }
-                        }
-                        None => tokio::time::sleep(sleep).await,
-                    }
-                }
-                Err(e) if e.is_retryable() && !wait.is_zero() && !deadline.passed(now) => {
-                    tracing::debug!(lock = name, error = %e, "acquire attempt failed; retrying");
-                    tokio::time::sleep(deadline.cap(now, backoff.next_poll())).await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.acquire_kind(name, options, Kind::Plain, 0).await
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, Error> {
-        let keys = Keys::new(&self.inner.prefix, lease.name());
-        self.run_script(&scripts::RELEASE, &keys, lease, keys.channel.clone())
-            .await
+        self.release_kind(lease, Kind::Plain).await
     }
 
     async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error> {
-        validate_ttl(ttl)?;
-        let keys = Keys::new(&self.inner.prefix, lease.name());
-        let sent = Instant::now();
-        let ok = self
-            .run_script(
-                &scripts::EXTEND,
-                &keys,
-                lease,
-                (ttl.as_millis() as u64).to_string(),
-            )
-            .await?;
-        if ok {
-            lease.renewed(ttl, sent + ttl);
-        }
-        Ok(ok)
+        self.extend_kind(lease, ttl, Kind::Plain).await
     }
 
     async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
-        let keys = Keys::new(&self.inner.prefix, lease.name());
-        let mut conn = self.conn().await?;
-        let v: Option<String> = self
-            .timed(redis::cmd("GET").arg(&keys.lock).query_async(&mut conn))
-            .await?;
-        Ok(v.is_some_and(|v| v == lease.token().to_string()))
+        self.held_kind(lease, Kind::Plain).await
     }
 }
