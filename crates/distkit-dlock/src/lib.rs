@@ -101,6 +101,7 @@
 mod errors;
 mod family;
 mod local;
+mod local_family;
 mod multi;
 mod name;
 mod notify;
@@ -113,6 +114,8 @@ mod util;
 pub use family::{RedisFairLock, RedisRwLock, RedisSemaphore};
 #[doc(inline)]
 pub use local::{DEFAULT_MAX_LOCKS, LocalLock};
+#[doc(inline)]
+pub use local_family::{LocalFairLock, LocalRwLock, LocalSemaphore};
 #[doc(inline)]
 pub use multi::{MAX_MULTI, MultiGuard, MultiLock};
 #[doc(inline)]

@@ -72,7 +72,7 @@ impl Slot {
 /// them start again at 1, which a fenced store would refuse) as long as the clock does not
 /// step back. `None` once the counter is at `u64::MAX`: a token that stopped growing would
 /// let two holders carry the same one.
-fn next_fence(fence: &AtomicU64) -> Option<u64> {
+pub(crate) fn next_fence(fence: &AtomicU64) -> Option<u64> {
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
