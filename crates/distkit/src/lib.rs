@@ -80,6 +80,7 @@ pub use distkit_dcache as dcache;
 
 #[doc(inline)]
 pub use distkit_core::{
-    AcquireOptions, Cache, DistributedLock, Error, FencingToken, LeaderElector, Leadership, Lease,
-    LeaseStatus, Loaded, Loader, Locator, LockGuard, LockToken, NodeId, Role, Term,
+    AcquireOptions, Cache, DistributedLock, DistributedRwLock, DistributedSemaphore, Error,
+    FencingToken, LeaderElector, Leadership, Lease, LeaseStatus, Loaded, Loader, Locator,
+    LockGuard, LockToken, NodeId, PermitCount, Role, Term,
 };

@@ -7,12 +7,26 @@
 //!
 //! `dlock-worker hold URL NAME TTL_MS`: takes the lock, prints `held FENCE`, and sleeps until
 //! killed.
+//!
+//! `dlock-worker KIND URL NAME TASKS ITERATIONS` with KIND `fair`, `rw` or `semaphore`: the
+//! same workload on that kind. `rw`: one grant in four is a write (the non-atomic counter,
+//! fencing checked as above, and a `NAME:writing` mark while inside); a read checks that no
+//! writer is inside and that its token is above the last write's. `semaphore` (3 permits):
+//! holders count themselves in `NAME:inside`; more than 3 at once is a violation.
+//!
+//! `dlock-worker hold-KIND URL NAME TTL_MS` (KIND `fair`, `read`, `write`, `semaphore`): holds
+//! one grant of that kind (a semaphore of 1 permit) and sleeps until killed.
 
 use std::time::Duration;
 
-use distkit::DistributedLock;
+use std::sync::Arc;
+
 use distkit::dlock::RedisLock;
+use distkit::{AcquireOptions, DistributedLock, DistributedRwLock, DistributedSemaphore};
+use rand::Rng;
 use redis::AsyncCommands;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,9 +41,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             count(url, name, tasks.parse()?, iterations.parse()?).await
         }
         ["hold", url, name, ttl_ms] => hold(url, name, ttl_ms.parse()?).await,
-        _ => {
-            Err("usage: dlock-worker count URL NAME TASKS ITERATIONS | hold URL NAME TTL_MS".into())
+        [
+            kind @ ("fair" | "rw" | "semaphore"),
+            url,
+            name,
+            tasks,
+            iterations,
+        ] => family(kind, url, name, tasks.parse()?, iterations.parse()?).await,
+        [kind, url, name, ttl_ms] if kind.starts_with("hold-") => {
+            hold_kind(&kind["hold-".len()..], url, name, ttl_ms.parse()?).await
         }
+        _ => Err(
+            "usage: dlock-worker count|fair|rw|semaphore URL NAME TASKS ITERATIONS \
+                  | hold[-fair|-read|-write|-semaphore] URL NAME TTL_MS"
+                .into(),
+        ),
     }
 }
 
@@ -82,6 +108,124 @@ async fn hold(url: &str, name: &str, ttl_ms: u64) -> Result<(), Box<dyn std::err
         .ttl(Duration::from_millis(ttl_ms))
         .build()?;
     let guard = lock.acquire(name, Duration::from_secs(10)).await?;
+    println!("held {}", guard.fencing_token());
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The permits of the multi-process semaphore workload.
+const PERMITS: u32 = 3;
+
+async fn family(
+    kind: &str,
+    url: &str,
+    name: &str,
+    tasks: usize,
+    iterations: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let lock = RedisLock::builder(url)
+        .ttl(std::time::Duration::from_secs(10))
+        .build()?;
+    let rw = Arc::new(lock.rw());
+    let sem = Arc::new(lock.semaphore(PERMITS)?);
+    let fair: Arc<dyn DistributedLock> = Arc::new(lock.fair());
+    let client = redis::Client::open(url)?;
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (rw, sem, fair) = (rw.clone(), sem.clone(), fair.clone());
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let (name, kind) = (name.to_owned(), kind.to_owned());
+        handles.push(tokio::spawn(async move {
+            let wait = AcquireOptions::new().wait(Duration::from_secs(60));
+            for _ in 0..iterations {
+                match kind.as_str() {
+                    "fair" => {
+                        let g = fair.acquire_with(&name, wait).await?;
+                        exclusive_section(&mut conn, &name, g.fencing_token().get()).await?;
+                        g.release().await?;
+                    }
+                    "rw" if rand::rng().random_ratio(1, 4) => {
+                        let g = rw.write_lock().acquire_with(&name, wait).await?;
+                        let _: () = conn.set(format!("{name}:writing"), 1).await?;
+                        exclusive_section(&mut conn, &name, g.fencing_token().get()).await?;
+                        let _: () = conn.del(format!("{name}:writing")).await?;
+                        g.release().await?;
+                    }
+                    "rw" => {
+                        let g = rw.read_lock().acquire_with(&name, wait).await?;
+                        let writing: Option<u64> = conn.get(format!("{name}:writing")).await?;
+                        let last: u64 = conn
+                            .get::<_, Option<u64>>(format!("{name}:last_fence"))
+                            .await?
+                            .unwrap_or(0);
+                        if writing.is_some() || g.fencing_token().get() <= last {
+                            let _: u64 = conn.incr(format!("{name}:violations"), 1).await?;
+                        }
+                        tokio::task::yield_now().await;
+                        g.release().await?;
+                    }
+                    _ => {
+                        let g = sem.acquire_permits(&name, 1, wait).await?;
+                        let inside: u32 = conn.incr(format!("{name}:inside"), 1).await?;
+                        if inside > PERMITS {
+                            let _: u64 = conn.incr(format!("{name}:violations"), 1).await?;
+                        }
+                        tokio::task::yield_now().await;
+                        let _: i64 = conn.decr(format!("{name}:inside"), 1).await?;
+                        let _: u64 = conn.incr(format!("{name}:counter"), 1).await?;
+                        g.release().await?;
+                    }
+                }
+            }
+            Ok::<(), BoxError>(())
+        }));
+    }
+    for h in handles {
+        h.await?.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The non-atomic read-modify-write of `NAME:counter`, with the store's fencing check.
+async fn exclusive_section(
+    conn: &mut redis::aio::MultiplexedConnection,
+    name: &str,
+    fence: u64,
+) -> Result<(), BoxError> {
+    let counter: u64 = conn
+        .get::<_, Option<u64>>(format!("{name}:counter"))
+        .await?
+        .unwrap_or(0);
+    let last: u64 = conn
+        .get::<_, Option<u64>>(format!("{name}:last_fence"))
+        .await?
+        .unwrap_or(0);
+    if fence <= last {
+        let _: u64 = conn.incr(format!("{name}:violations"), 1).await?;
+    }
+    tokio::task::yield_now().await;
+    let _: () = conn.set(format!("{name}:counter"), counter + 1).await?;
+    let _: () = conn.set(format!("{name}:last_fence"), fence).await?;
+    Ok(())
+}
+
+async fn hold_kind(
+    kind: &str,
+    url: &str,
+    name: &str,
+    ttl_ms: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let lock = RedisLock::builder(url)
+        .ttl(Duration::from_millis(ttl_ms))
+        .build()?;
+    let backend: Arc<dyn DistributedLock> = match kind {
+        "fair" => Arc::new(lock.fair()),
+        "read" => lock.rw().read_lock(),
+        "write" => lock.rw().write_lock(),
+        "semaphore" => Arc::new(lock.semaphore(1)?),
+        other => return Err(format!("no kind {other:?}").into()),
+    };
+    let guard = backend.acquire(name, Duration::from_secs(10)).await?;
     println!("held {}", guard.fencing_token());
     std::future::pending::<()>().await;
     Ok(())
