@@ -4,8 +4,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use distkit::{DistributedLock, DistributedRwLock};
 use distkit::dlock::RedisLock;
+use distkit::{DistributedLock, DistributedRwLock};
 use distkit_testkit::{RedisServer, Reply};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -190,7 +190,10 @@ async fn a_killed_waiter_at_the_head_of_a_fair_queue_delays_the_next_by_its_entr
     });
     tokio::time::sleep(Duration::from_millis(20)).await;
     holder.release().await.unwrap();
-    let g = next.await.unwrap().expect("granted after the dead entry expires");
+    let g = next
+        .await
+        .unwrap()
+        .expect("granted after the dead entry expires");
     let took = killed.elapsed();
     assert!(
         took <= distkit::dlock::DEFAULT_QUEUE_ENTRY_TTL + Duration::from_millis(500),

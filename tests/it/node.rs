@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub(crate) const NODE: &str = env!("CARGO_BIN_EXE_node-under-test");
 pub(crate) const TOKEN: &str = "node-test-token";
@@ -867,9 +867,14 @@ pub(crate) struct Solo {
 
 impl Solo {
     pub(crate) async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// With more arguments (`--redis URL`, ...).
+    pub(crate) async fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = distkit_testkit::free_port().unwrap();
-        let child = spawn_solo(port, dir.path());
+        let child = spawn_solo(port, dir.path(), args);
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         wait_status(&http, &url, "the node did not start and lead", |s| {
@@ -886,11 +891,12 @@ impl Solo {
     }
 }
 
-fn spawn_solo(port: u16, data: &std::path::Path) -> Child {
+fn spawn_solo(port: u16, data: &std::path::Path, args: &[&str]) -> Child {
     node_command()
         .args(["--id", "solo", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data)
+        .args(args)
         .spawn()
         .expect("the node binary starts")
 }
@@ -1533,4 +1539,214 @@ async fn client_tokens_guard_the_public_api_by_scope() {
     );
     let _ = signal(child.id(), "TERM");
     let _ = child.wait();
+}
+
+/// Every route of the lock family on one node: status codes, bodies, fencing order.
+async fn family_routes(http: &reqwest::Client, u: &str) {
+    let post = |path: &str, body: Value| http.post(format!("{u}{path}")).json(&body).send();
+    let delete = |path: &str, body: Value| http.delete(format!("{u}{path}")).json(&body).send();
+    // Fair lock.
+    let a: Value = post("/v1/fair-locks/f", json!({"ttl_ms": 5000}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let busy = post("/v1/fair-locks/f", json!({"wait_ms": 0}))
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), 409);
+    let ext: Value = post(
+        "/v1/fair-locks/f/extend",
+        json!({"token": a["token"], "ttl_ms": 8000}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(ext["extended"], true);
+    let rel: Value = delete("/v1/fair-locks/f", json!({"token": a["token"]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rel["released"], true);
+    // Read-write lock.
+    let r1: Value = post("/v1/rwlocks/doc/read", json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r2: Value = post("/v1/rwlocks/doc/read", json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(r2["fencing_token"].as_u64() > r1["fencing_token"].as_u64());
+    assert_eq!(
+        post("/v1/rwlocks/doc/write", json!({}))
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    for r in [&r1, &r2] {
+        let rel: Value = delete("/v1/rwlocks/doc/read", json!({"token": r["token"]}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(rel["released"], true);
+    }
+    // The writer's token does not release a reader's lease, nor the other way round.
+    let w: Value = post("/v1/rwlocks/doc/write", json!({"wait_ms": 1000}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(w["fencing_token"].as_u64() > r2["fencing_token"].as_u64());
+    assert_eq!(
+        post("/v1/rwlocks/doc/read", json!({}))
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    let wrong: Value = delete("/v1/rwlocks/doc/read", json!({"token": w["token"]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(wrong["released"], false);
+    let ext: Value = post(
+        "/v1/rwlocks/doc/write/extend",
+        json!({"token": w["token"], "ttl_ms": 5000}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(ext["extended"], true);
+    let rel: Value = delete("/v1/rwlocks/doc/write", json!({"token": w["token"]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rel["released"], true);
+    // Semaphore.
+    let put = http
+        .put(format!("{u}/v1/semaphores/pool"))
+        .json(&json!({"permits": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let two: Value = post("/v1/semaphores/pool", json!({"permits": 2}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(two["permits"], 2);
+    assert_eq!(
+        post("/v1/semaphores/pool", json!({}))
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    let state: Value = send_json(http.get(format!("{u}/v1/semaphores/pool"))).await;
+    assert_eq!(state, json!({"limit": 2, "in_use": 2}));
+    let rel: Value = delete("/v1/semaphores/pool", json!({"token": two["token"]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rel["released"], true);
+    let state: Value = send_json(http.get(format!("{u}/v1/semaphores/pool"))).await;
+    assert_eq!(state, json!({"limit": 2, "in_use": 0}));
+    // Bad input: typed 4xx with a JSON body.
+    for (path, body) in [
+        ("/v1/semaphores/pool", json!({"permits": 0})),
+        ("/v1/locks/plain", json!({"permits": 2})),
+        ("/v1/fair-locks/f", json!({"permits": 2})),
+        ("/v1/semaphores/pool", json!({"permits": -1})),
+        ("/v1/semaphores/pool", json!({"permits": 4294967296u64})),
+    ] {
+        let resp = post(path, body.clone()).await.unwrap();
+        assert_eq!(resp.status(), 400, "{path} {body}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(v["error"].is_object() || v["error"].is_string(), "{v}");
+    }
+    for body in [json!({}), json!({"permits": 0})] {
+        let put = http
+            .put(format!("{u}/v1/semaphores/pool"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 400, "{body}");
+    }
+}
+
+/// The lock family over HTTP, on the in-process backend and on Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_family_is_served_over_http_on_both_backends() {
+    /// SIGKILLs the nodes however the test ends.
+    struct Reap(Vec<u32>);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                let _ = signal(*pid, "KILL");
+            }
+        }
+    }
+    let solo = Solo::start().await;
+    let mut reap = Reap(vec![solo.child.id()]);
+    family_routes(&solo.http, &solo.url).await;
+    let redis = distkit_testkit::RedisServer::start().unwrap();
+    let url = redis.url();
+    let on_redis = Solo::start_with(&["--redis", &url]).await;
+    reap.0.push(on_redis.child.id());
+    family_routes(&on_redis.http, &on_redis.url).await;
+    // A second node on the same Redis sees the same leases.
+    let other = Solo::start_with(&["--redis", &url]).await;
+    reap.0.push(other.child.id());
+    let held: Value = send_json(
+        on_redis
+            .http
+            .post(format!("{}/v1/rwlocks/shared/write", on_redis.url))
+            .json(&json!({})),
+    )
+    .await;
+    let there = other
+        .http
+        .post(format!("{}/v1/rwlocks/shared/read", other.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(there.status(), 409, "the other node sees the writer");
+    let rel: Value = send_json(
+        other
+            .http
+            .delete(format!("{}/v1/rwlocks/shared/write", other.url))
+            .json(&json!({"token": held["token"]})),
+    )
+    .await;
+    assert_eq!(rel["released"], true, "released through the other node");
+    drop(reap);
+    for mut c in [solo.child, on_redis.child, other.child] {
+        let _ = c.wait();
+    }
 }

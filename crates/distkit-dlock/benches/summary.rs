@@ -7,15 +7,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use distkit_core::DistributedLock;
+use distkit_core::{DistributedLock, DistributedRwLock};
 use distkit_dlock::{RedisLock, Redlock};
 use distkit_testkit::RedisServer;
 use distkit_testkit::report::{Report, median, quantile};
 use redis::aio::MultiplexedConnection;
 
 const CHILD_ENV: &str = "DISTKIT_DLOCK_BENCH_CHILD";
+const FAIRNESS_ENV: &str = "DISTKIT_DLOCK_BENCH_FAIRNESS";
 
 fn main() {
+    // Re-executed as one of the two processes of the 8-worker fairness run.
+    if let Ok(spec) = std::env::var(FAIRNESS_ENV) {
+        let mut it = spec.split(' ');
+        let (kind, url, secs) = (
+            it.next().expect("kind").to_owned(),
+            it.next().expect("url").to_owned(),
+            it.next().expect("seconds").parse::<f64>().expect("seconds"),
+        );
+        let rt = runtime(true);
+        let (counts, waits) = rt.block_on(workers(kind, url, Duration::from_secs_f64(secs), 4));
+        let line = |v: Vec<String>| v.join(" ");
+        println!("{}", line(counts.iter().map(u64::to_string).collect()));
+        println!(
+            "{}",
+            line(waits.iter().map(|w| format!("{w:.4}")).collect())
+        );
+        return;
+    }
     // Re-executed as the second process of the contended run.
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         let (url, secs) = spec.split_once(' ').expect("url and seconds");
@@ -152,6 +171,120 @@ async fn run() {
         &format!("16 + 16 waiters in two processes ({here} + {there} grants in {secs} s); implies {:.1} us a hand-off", 1e6 / per_s),
         &format!(">= 1 / (6 x rtt) = {:.0}", 1e6 / (6.0 * rtt)),
     );
+
+    // Fairness under contention: 8 workers in two processes (4 + 4) on one lock.
+    for (kind, prefix) in [("plain", ""), ("fair", "fair_")] {
+        let secs = 3.0;
+        let (counts, mut waits) = fairness_run(kind, &url, secs);
+        let grants: u64 = counts.iter().sum();
+        let (most, least) = (
+            counts.iter().copied().max().unwrap_or(0),
+            counts.iter().copied().min().unwrap_or(0),
+        );
+        let spread = most as f64 / least.max(1) as f64;
+        let per_s = grants as f64 / secs;
+        let mut w2 = waits.clone();
+        let (p50, p99) = (quantile(&mut waits, 0.5), quantile(&mut w2, 0.99));
+        let what = if kind == "fair" {
+            "RedisFairLock"
+        } else {
+            "RedisLock"
+        };
+        put(
+            &mut r,
+            &format!(
+                "{prefix}{}",
+                if kind == "fair" {
+                    "grants_per_s_8"
+                } else {
+                    "contended_grants_per_s_8"
+                }
+            ),
+            per_s,
+            &format!(
+                "{what}: 8 workers (4 + 4 in two processes) on one lock for {secs} s, grants per worker {counts:?}"
+            ),
+            if kind == "fair" { "" } else { ">= 10000" },
+        );
+        put(
+            &mut r,
+            &format!("{prefix}grant_spread_8"),
+            spread,
+            "most / fewest grants of one worker",
+            if kind == "fair" { "<= 1.5" } else { "<= 2" },
+        );
+        r.figure(
+            &format!("{prefix}wait_p50_ms"),
+            p50,
+            &format!("{what}: one acquire under that contention, median"),
+        );
+        put(
+            &mut r,
+            &format!("{prefix}wait_p99_ms"),
+            p99,
+            &format!("{what}: one acquire under that contention, p99"),
+            &if kind == "fair" {
+                format!("<= 10 x {prefix}wait_p50_ms = {:.3}", 10.0 * p50)
+            } else {
+                String::new()
+            },
+        );
+    }
+
+    // Uncontended pairs of the family, interleaved with their baseline.
+    let rw = lock.rw();
+    let (reads, writes) = (rw.read_lock(), rw.write_lock());
+    let sem = lock.semaphore(4).unwrap();
+    let fair = lock.fair();
+    let family: [(&str, &dyn DistributedLock); 4] = [
+        ("rw_read_pair_us", &*reads),
+        ("rw_write_pair_us", &*writes),
+        ("semaphore_pair_us", &sem),
+        ("fair_pair_us", &fair),
+    ];
+    for (_, l) in &family {
+        for _ in 0..200 {
+            l.try_acquire("warm-f")
+                .await
+                .unwrap()
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+        }
+    }
+    let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); family.len() + 1];
+    for _ in 0..5 {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); family.len() + 1];
+        for _ in 0..300 {
+            let t = Instant::now();
+            ping(&mut conn).await;
+            ping(&mut conn).await;
+            samples[0].push(us(t));
+            for (i, (_, l)) in family.iter().enumerate() {
+                let t = Instant::now();
+                let g = l.try_acquire("pair-f").await.unwrap().unwrap();
+                g.release().await.unwrap();
+                samples[i + 1].push(us(t));
+            }
+        }
+        for (round, mut s) in rounds.iter_mut().zip(samples) {
+            round.push(median(&mut s));
+        }
+    }
+    let base = median(&mut rounds[0]);
+    for (i, (name, _)) in family.iter().enumerate() {
+        let pair = median(&mut rounds[i + 1]);
+        r.target(
+            name,
+            pair,
+            &format!(
+                "uncontended acquire + release, median (ping2 here: {base:.1} us; ratio {:.3})",
+                pair / base
+            ),
+            &format!("<= 1.2 x ping2_us = {:.1}", 1.2 * base),
+        );
+    }
 
     // Redlock over 5 servers vs one server: acquire latency.
     let servers = RedisServer::start_many(5).unwrap();
@@ -314,4 +447,96 @@ async fn contend(url: String, dur: Duration) -> u64 {
         let _ = t.await;
     }
     grants.load(Ordering::Relaxed)
+}
+
+/// Runs the 8-worker contention on `kind` in two child processes of 4 workers each; returns
+/// the grants of each worker and every acquire's wait in ms.
+fn fairness_run(kind: &str, url: &str, secs: f64) -> (Vec<u64>, Vec<f64>) {
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .env(FAIRNESS_ENV, format!("{kind} {url} {secs}"))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (mut counts, mut waits) = (Vec::new(), Vec::new());
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        counts.extend(
+            lines
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(|n| n.parse::<u64>().unwrap()),
+        );
+        waits.extend(
+            lines
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(|n| n.parse::<f64>().unwrap()),
+        );
+    }
+    (counts, waits)
+}
+
+/// `n` workers take and release one lock of `kind` for `dur`, on this runtime's worker
+/// threads; returns each worker's grants and every acquire's wait in ms.
+async fn workers(kind: String, url: String, dur: Duration, n: usize) -> (Vec<u64>, Vec<f64>) {
+    let lock = RedisLock::builder(url)
+        .ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let backend: Arc<dyn DistributedLock> = if kind == "fair" {
+        Arc::new(lock.fair())
+    } else {
+        Arc::new(lock)
+    };
+    backend
+        .acquire("warm", Duration::from_secs(10))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (backend, stop) = (backend.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut grants, mut waits) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    if let Ok(g) = backend.acquire("fairness", Duration::from_secs(10)).await {
+                        waits.push(t.elapsed().as_secs_f64() * 1e3);
+                        grants += 1;
+                        let _ = g.release().await;
+                    }
+                }
+                (grants, waits)
+            })
+        })
+        .collect();
+    tokio::time::sleep(dur).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut counts, mut waits) = (Vec::new(), Vec::new());
+    for t in tasks {
+        let (g, w) = t.await.unwrap();
+        counts.push(g);
+        waits.extend(w);
+    }
+    (counts, waits)
+}
+
+/// A figure, with its target when it has one.
+fn put(r: &mut Report, name: &str, value: f64, what: &str, target: &str) {
+    if target.is_empty() {
+        r.figure(name, value, what);
+    } else {
+        r.target(name, value, what, target);
+    }
 }

@@ -58,10 +58,11 @@ impl Target {
         format!("{}:{suffix}", self.base)
     }
 
-    /// Whether a waiter of this kind keeps an entry in Redis while it waits (a fair lock's
-    /// queue, a read-write lock's waiting writers), which must be renewed and removed.
+    /// Whether a waiter of this kind keeps an entry in Redis while it waits (a plain lock's
+    /// waiters, a fair lock's queue, a read-write lock's waiting writers), which must be
+    /// renewed and removed.
     pub(crate) fn queues(&self) -> bool {
-        matches!(self.kind, Kind::Fair | Kind::Write)
+        matches!(self.kind, Kind::Plain | Kind::Fair | Kind::Write)
     }
 
     /// The channel a waiter listens on, and whether a message wakes all of its waiters.
@@ -97,10 +98,10 @@ impl Target {
         match self.kind {
             Kind::Plain => {
                 inv = Self::invocation(&scripts::ACQUIRE);
-                inv.key(&self.base)
-                    .key(&self.fence)
-                    .key(self.key("handoff"));
+                inv.key(&self.base).key(&self.fence);
+                inv.key(self.key("handoff")).key(self.key("waiters"));
                 inv.arg(&self.token).arg(ttl_ms).arg(flag(woken));
+                inv.arg(flag(join)).arg(entry_ms);
             }
             Kind::Fair => {
                 inv = Self::invocation(&scripts::FAIR_ACQUIRE);
@@ -143,6 +144,7 @@ impl Target {
             Kind::Plain => {
                 inv = Self::invocation(&scripts::RELEASE_HANDING_OFF);
                 inv.key(&self.base).key(self.key("handoff"));
+                inv.key(self.key("waiters"));
                 inv.arg(&self.token).arg(&self.channel).arg(handoff_ms);
             }
             Kind::Fair => {
@@ -218,6 +220,10 @@ impl Target {
     pub(crate) fn leave(&self) -> Option<ScriptInvocation<'static>> {
         let mut inv;
         match self.kind {
+            Kind::Plain => {
+                inv = Self::invocation(&scripts::PLAIN_LEAVE);
+                inv.key(self.key("waiters")).arg(&self.token);
+            }
             Kind::Fair => {
                 inv = Self::invocation(&scripts::FAIR_LEAVE);
                 inv.key(&self.base)

@@ -213,7 +213,7 @@ impl Local {
                             Mode::Permits(k) => k,
                             _ => 1,
                         },
-                        exclusive: matches!(self.mode, Mode::Fair | Mode::Write),
+                        exclusive: self.exclusive(),
                         expires: now + ttl,
                     });
                     drop(slots);
@@ -247,6 +247,11 @@ impl Local {
         }
     }
 
+    /// Whether this mode's grants exclude everyone else.
+    fn exclusive(&self) -> bool {
+        matches!(self.mode, Mode::Fair | Mode::Write)
+    }
+
     fn with_holder<T>(
         &self,
         lease: &Lease,
@@ -255,10 +260,10 @@ impl Local {
         let now = Instant::now();
         let mut slots = self.table.slots();
         let slot = slots.get_mut(lease.name())?;
-        let i = slot
-            .holders
-            .iter()
-            .position(|h| h.token == lease.token() && h.expires > now)?;
+        let i = slot.holders.iter().position(|h| {
+            // A reader's token never releases a writer's lease, nor the other way round.
+            h.token == lease.token() && h.expires > now && h.exclusive == self.exclusive()
+        })?;
         let out = f(slot, i, now);
         if slot.idle(now) {
             slots.remove(lease.name());

@@ -98,6 +98,29 @@ impl Notifier {
         }
     }
 
+    /// A registration for `channel` at no network cost, when another waiter of this process
+    /// already holds a live subscription to it; `None` otherwise. A waiter that registers
+    /// before its first attempt needs no second attempt to be sure it misses no release.
+    pub(crate) async fn register_if_live(
+        self: &Arc<Self>,
+        channel: &str,
+        broadcast: bool,
+    ) -> Option<Registration> {
+        let live = {
+            let control = self.control.lock().await;
+            control.refs.get(channel).is_some_and(|n| *n > 0)
+                && control
+                    .conn
+                    .as_ref()
+                    .is_some_and(|(_, alive, _)| alive.load(Ordering::Acquire))
+        };
+        if live {
+            Some(self.register(channel, broadcast).await)
+        } else {
+            None
+        }
+    }
+
     /// Subscribes `channel` on a live connection, connecting (and re-subscribing every channel
     /// that has waiters) when there is none.
     async fn subscribe(&self, control: &mut Control, channel: &str) -> bool {

@@ -335,7 +335,16 @@ impl RedisLock {
         // Try first: an uncontended acquire pays one round trip. Only when the lock is held
         // (and we may wait) subscribe to its release channel, then try once more before
         // sleeping, so no release can slip between the failed attempt and the wait.
-        let mut registration: Option<Registration> = None;
+        // When this process already listens on the channel (others of it wait), listen from
+        // the start: the first attempt is then covered, and a refused one needs no second.
+        let mut registration: Option<Registration> = if join {
+            self.inner
+                .notifier
+                .register_if_live(&channel, broadcast)
+                .await
+        } else {
+            None
+        };
         let mut backoff = Backoff::new();
         loop {
             let notified = registration.as_ref().map(|r| {
@@ -536,9 +545,12 @@ impl RedisLock {
         call.key(&keys.lock)
             .key(&keys.fence)
             .key(format!("{}:handoff", keys.lock))
+            .key(format!("{}:waiters", keys.lock))
             .arg(token.to_string())
             .arg(ttl.as_millis() as u64)
-            .arg("0");
+            .arg("0")
+            .arg("0")
+            .arg(0);
         let mut release = scripts::RELEASE.prepare_invoke();
         release
             .key(&keys.lock)

@@ -4,15 +4,51 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// Lua shared by the family's scripts: the server's time in ms, keeping a key alive at least
+/// `ms`, and the next fencing token of a counter (as in [`ACQUIRE`]).
+macro_rules! lua_prelude {
+    () => {
+        r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function keep(key, ms)
+  if redis.call('PTTL', key) < tonumber(ms) then redis.call('PEXPIRE', key, ms) end
+end
+local function fence(key)
+  local prev = redis.call('GET', key)
+  local n = 0
+  if prev then
+    n = tonumber(prev)
+    if not n or n ~= math.floor(n) or n < 0 or n >= 9007199254740991 then
+      return nil, redis.error_reply('DISTKIT_BAD_FENCE the fencing counter ' .. key .. ' holds ' .. string.sub(prev, 1, 40) .. ', not a whole number below 2^53 - 1')
+    end
+  end
+  n = n + 1
+  local t = redis.call('TIME')
+  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if us > n then n = us end
+  redis.call('SET', key, string.format('%.0f', n))
+  return n
+end
+local function not_a_lock(key)
+  local cur = redis.call('GET', key)
+  if cur and (string.len(cur) ~= 32 or string.find(cur, '[^0-9a-f]')) then
+    return redis.error_reply('DISTKIT_NOT_A_LOCK the lock key ' .. key .. ' holds a value that is not a distkit lock token')
+  end
+  return nil
+end
+"
+    };
+}
+
 /// Grants the lock if it is free, with a fencing token from the same atomic step.
 ///
-/// KEYS: lock, fence, hand-off marker. ARGV: token, ttl in ms, `1` when the caller was just
-/// woken by a release message (`0` otherwise).
+/// KEYS: lock, fence, hand-off marker, waiters (zset token -> entry expiry ms). ARGV: token,
+/// ttl in ms, `1` when the caller was just woken by a release message, `1` when a refused
+/// caller will wait (it is then counted among the waiters), entry ttl in ms.
 /// Returns `{1, fencing_token}` on a grant, `{0, pttl_of_holder}` when held.
-///
-/// Hand-off: a release that woke waiters ([`RELEASE_HANDING_OFF`]) leaves a short-lived marker;
-/// while it lasts only a woken waiter may take the free lock, so the releasing worker cannot
-/// grab it straight back ahead of the waiters it just woke.
 ///
 /// The token is `max(previous + 1, server time in microseconds)`: strictly increasing per
 /// lock, and still larger than every earlier token after a restart that lost the counter (as
@@ -21,36 +57,48 @@ use redis::Script;
 /// Lua counts in doubles, exact only below 2^53: a counter that is not a whole number in
 /// `[0, 2^53 - 1)` is refused with an error that names the counter's key, never incremented
 /// into a token that does not grow.
+///
+/// Hand-off: a release while callers wait ([`RELEASE_HANDING_OFF`]) leaves a short-lived
+/// marker; while it lasts only a woken waiter may take the free lock, so the releasing worker
+/// cannot grab it straight back ahead of the waiters it just woke.
 pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        lua_prelude!(),
         r"
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  if string.len(cur) ~= 32 or string.find(cur, '[^0-9a-f]') then
-    return redis.error_reply('DISTKIT_NOT_A_LOCK the lock key ' .. KEYS[1] .. ' holds a value that is not a distkit lock token')
-  end
-  return {0, redis.call('PTTL', KEYS[1])}
+local bad = not_a_lock(KEYS[1])
+if bad then return bad end
+local function wait_here()
+  if ARGV[4] ~= '1' then return end
+  redis.call('ZADD', KEYS[4], now_ms() + tonumber(ARGV[5]), ARGV[1])
+  keep(KEYS[4], ARGV[5])
+end
+local held = redis.call('PTTL', KEYS[1])
+if held ~= -2 then
+  wait_here()
+  return {0, held}
 end
 if ARGV[3] ~= '1' then
   local h = redis.call('PTTL', KEYS[3])
-  if h > 0 then return {0, h} end
-end
-redis.call('DEL', KEYS[3])
-local prev = redis.call('GET', KEYS[2])
-local n = 0
-if prev then
-  n = tonumber(prev)
-  if not n or n ~= math.floor(n) or n < 0 or n >= 9007199254740991 then
-    return redis.error_reply('DISTKIT_BAD_FENCE the fencing counter ' .. KEYS[2] .. ' holds ' .. string.sub(prev, 1, 40) .. ', not a whole number below 2^53 - 1')
+  if h > 0 then
+    wait_here()
+    return {0, h}
   end
 end
-n = n + 1
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if now > n then n = now end
-redis.call('SET', KEYS[2], string.format('%.0f', n))
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+local n, err = fence(KEYS[2])
+if err then return err end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, n}
+",
+    ))
+});
+
+/// A plain waiter that gives up leaves the waiters. KEYS: waiters. ARGV: token.
+pub(crate) static PLAIN_LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+return redis.call('ZREM', KEYS[1], ARGV[1])
 ",
     )
 });
@@ -111,65 +159,29 @@ return 0
     )
 });
 
-/// The plain lock's release: deletes the lock if the token matches and announces it; when the
-/// message reached a waiting process, sets the hand-off marker for ARGV[3] ms so the woken
-/// waiter, not the releasing worker, gets the lock next.
+/// The plain lock's release: deletes the lock if the token matches and announces it; when
+/// callers wait, sets the hand-off marker for ARGV[3] ms so a woken waiter, not the releasing
+/// worker, gets the lock next.
 ///
-/// KEYS: lock, hand-off marker. ARGV: token, channel, hand-off window in ms.
+/// KEYS: lock, hand-off marker, waiters. ARGV: token, channel, hand-off window in ms.
 /// Returns 1 when released, 0 when not held.
 pub(crate) static RELEASE_HANDING_OFF: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        lua_prelude!(),
         r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  if redis.call('PUBLISH', ARGV[2], '1') > 0 and tonumber(ARGV[3]) > 0 then
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[2], '1')
+if tonumber(ARGV[3]) > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms())
+  if redis.call('ZCARD', KEYS[3]) > 0 then
     redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
   end
-  return 1
 end
-return 0
+return 1
 ",
-    )
+    ))
 });
-
-/// Lua shared by the family's scripts: the server's time in ms, keeping a key alive at least
-/// `ms`, and the next fencing token of a counter (as in [`ACQUIRE`]).
-macro_rules! lua_prelude {
-    () => {
-        r"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function keep(key, ms)
-  if redis.call('PTTL', key) < tonumber(ms) then redis.call('PEXPIRE', key, ms) end
-end
-local function fence(key)
-  local prev = redis.call('GET', key)
-  local n = 0
-  if prev then
-    n = tonumber(prev)
-    if not n or n ~= math.floor(n) or n < 0 or n >= 9007199254740991 then
-      return nil, redis.error_reply('DISTKIT_BAD_FENCE the fencing counter ' .. key .. ' holds ' .. string.sub(prev, 1, 40) .. ', not a whole number below 2^53 - 1')
-    end
-  end
-  n = n + 1
-  local t = redis.call('TIME')
-  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  if us > n then n = us end
-  redis.call('SET', key, string.format('%.0f', n))
-  return n
-end
-local function not_a_lock(key)
-  local cur = redis.call('GET', key)
-  if cur and (string.len(cur) ~= 32 or string.find(cur, '[^0-9a-f]')) then
-    return redis.error_reply('DISTKIT_NOT_A_LOCK the lock key ' .. key .. ' holds a value that is not a distkit lock token')
-  end
-  return nil
-end
-"
-    };
-}
 
 /// The fair lock's grant: FIFO through a queue of waiters, each entry with its own expiry.
 ///

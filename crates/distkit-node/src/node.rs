@@ -20,7 +20,7 @@ use distkit_core::{
     LockToken, NodeId,
 };
 use distkit_dcache::DistributedCache;
-use distkit_dlock::{LocalLock, RedisLock, Redlock};
+use distkit_dlock::{LocalFairLock, LocalLock, LocalRwLock, LocalSemaphore, RedisLock, Redlock};
 use distkit_election::{Config, Elector, FileVoteStore, HttpTransport, http_router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -35,6 +35,8 @@ struct App {
     elector: Elector,
     cache: DistributedCache,
     locks: Arc<dyn DistributedLock>,
+    /// The rest of the lock family on the same backend (none on Redlock).
+    family: Option<Family>,
     lock_backend: &'static str,
     /// Set when shutdown starts: new lock grants are refused from then on.
     stopping: tokio::sync::watch::Sender<bool>,
@@ -43,6 +45,26 @@ struct App {
     /// What the background probes last saw of each peer.
     peer_health: std::sync::Mutex<HashMap<NodeId, Probe>>,
     started: std::time::Instant,
+}
+
+/// The fair lock, read-write lock and semaphore of the node's lock backend.
+struct Family {
+    fair: Arc<dyn DistributedLock>,
+    rw: Arc<dyn distkit_core::DistributedRwLock>,
+    semaphores: Arc<dyn distkit_core::DistributedSemaphore>,
+}
+
+/// The permits of a semaphore name never given a limit (`PUT /v1/semaphores/{name}`).
+const DEFAULT_PERMITS: u32 = 1;
+
+/// Which lock of the family a route serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Lock,
+    Fair,
+    Read,
+    Write,
+    Semaphore,
 }
 
 /// One peer as the background probe last saw it.
@@ -224,15 +246,20 @@ pub async fn run(
     // term (an outside review ran a second node on a live node's directory; it overwrote the
     // vote). Held until the process exits.
     let _data_lock = lock_data_dir(&settings.data_dir)?;
-    let (locks, lock_backend): (Arc<dyn DistributedLock>, &'static str) = match &settings.locks {
+    let ttl = Duration::from_secs(30);
+    let (locks, family, lock_backend): (Arc<dyn DistributedLock>, _, &'static str) = match &settings
+        .locks
+    {
         LockBackend::InProcess => {
             tracing::warn!(
                 "no --redis or --redlock given: locks are in-process and coordinate only clients of this node"
             );
-            (
-                Arc::new(LocalLock::new(Duration::from_secs(30))?),
-                "in-process",
-            )
+            let family = Family {
+                fair: Arc::new(LocalFairLock::new(ttl)?),
+                rw: Arc::new(LocalRwLock::new(ttl)?),
+                semaphores: Arc::new(LocalSemaphore::new(ttl, DEFAULT_PERMITS)?),
+            };
+            (Arc::new(LocalLock::new(ttl)?), Some(family), "in-process")
         }
         LockBackend::Redis(url) => {
             let redis = RedisLock::new(url.clone())?;
@@ -248,7 +275,12 @@ pub async fn run(
                     "the lock backend did not answer within 2 s; lock requests fail until it does"
                 ),
             }
-            (Arc::new(redis), "redis")
+            let family = Family {
+                fair: Arc::new(redis.fair()),
+                rw: Arc::new(redis.rw()),
+                semaphores: Arc::new(redis.semaphore(DEFAULT_PERMITS)?),
+            };
+            (Arc::new(redis), Some(family), "redis")
         }
         LockBackend::Redlock(urls) => {
             if urls.len() < 3 {
@@ -257,7 +289,11 @@ pub async fn run(
                     "Redlock over fewer than 3 servers tolerates no failure; use 3 or 5"
                 );
             }
-            (Arc::new(Redlock::builder(urls.clone()).build()?), "redlock")
+            (
+                Arc::new(Redlock::builder(urls.clone()).build()?),
+                None,
+                "redlock",
+            )
         }
     };
     tracing::info!(id = %settings.id, listen = %settings.listen, locks = lock_backend, peers = settings.peers.len(), "starting node");
@@ -340,6 +376,7 @@ pub async fn run(
         elector,
         cache,
         locks,
+        family,
         lock_backend,
         stopping: tokio::sync::watch::Sender::new(false),
         metrics,
@@ -359,6 +396,44 @@ pub async fn run(
         )
         .route("/v1/locks/{name}", post(lock_acquire).delete(lock_release))
         .route("/v1/locks/{name}/extend", post(lock_extend))
+        .route(
+            "/v1/fair-locks/{name}",
+            post(|s, n, b| acquire_kind(s, n, b, Kind::Fair))
+                .delete(|s, n, b| release_kind(s, n, b, Kind::Fair)),
+        )
+        .route(
+            "/v1/fair-locks/{name}/extend",
+            post(|s, n, b| extend_kind(s, n, b, Kind::Fair)),
+        )
+        .route(
+            "/v1/rwlocks/{name}/read",
+            post(|s, n, b| acquire_kind(s, n, b, Kind::Read))
+                .delete(|s, n, b| release_kind(s, n, b, Kind::Read)),
+        )
+        .route(
+            "/v1/rwlocks/{name}/read/extend",
+            post(|s, n, b| extend_kind(s, n, b, Kind::Read)),
+        )
+        .route(
+            "/v1/rwlocks/{name}/write",
+            post(|s, n, b| acquire_kind(s, n, b, Kind::Write))
+                .delete(|s, n, b| release_kind(s, n, b, Kind::Write)),
+        )
+        .route(
+            "/v1/rwlocks/{name}/write/extend",
+            post(|s, n, b| extend_kind(s, n, b, Kind::Write)),
+        )
+        .route(
+            "/v1/semaphores/{name}",
+            post(|s, n, b| acquire_kind(s, n, b, Kind::Semaphore))
+                .delete(|s, n, b| release_kind(s, n, b, Kind::Semaphore))
+                .get(semaphore_state)
+                .put(semaphore_limit),
+        )
+        .route(
+            "/v1/semaphores/{name}/extend",
+            post(|s, n, b| extend_kind(s, n, b, Kind::Semaphore)),
+        )
         .route("/v1/lock-sets", post(lock_set_acquire))
         .route("/v1/cluster", get(cluster))
         .route(
@@ -666,11 +741,12 @@ async fn cache_delete(
 #[derive(Deserialize, Default)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a JSON object with the optional fields ttl_ms and wait_ms"
+    expecting = "a JSON object with the optional fields ttl_ms and wait_ms (and permits, for a semaphore)"
 )]
 struct AcquireBody {
     ttl_ms: Option<u64>,
     wait_ms: Option<u64>,
+    permits: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -683,22 +759,76 @@ struct TokenBody {
     ttl_ms: Option<u64>,
 }
 
-async fn lock_acquire(
+type NameParam = Result<Path<String>, PathRejection>;
+
+/// The node's fair lock, read-write lock and semaphore, or 501 when its lock backend has
+/// none.
+fn family(app: &App) -> Result<&Family, Response> {
+    app.family.as_ref().ok_or_else(|| {
+        error(
+            StatusCode::NOT_IMPLEMENTED,
+            "this node's lock backend (redlock) offers plain locks and lock sets only; fair \
+             locks, read-write locks and semaphores need --redis or the in-process backend",
+        )
+    })
+}
+
+/// The backend of `kind`, or 501 when the node's lock backend has no such lock.
+fn backend(app: &App, kind: Kind) -> Result<Arc<dyn DistributedLock>, Response> {
+    Ok(match kind {
+        Kind::Lock => app.locks.clone(),
+        Kind::Fair => family(app)?.fair.clone(),
+        Kind::Read => family(app)?.rw.read_lock(),
+        Kind::Write => family(app)?.rw.write_lock(),
+        Kind::Semaphore => family(app)?.semaphores.clone(),
+    })
+}
+
+async fn lock_acquire(State(app): State<Arc<App>>, name: NameParam, body: Body) -> Reply {
+    acquire_kind(State(app), name, body, Kind::Lock).await
+}
+
+/// `POST` on a lock of any kind: `{ttl_ms, wait_ms}` (and `permits` for a semaphore) to
+/// `{name, token, fencing_token, ttl_ms}` (and `permits`).
+async fn acquire_kind(
     State(app): State<Arc<App>>,
-    name: Result<Path<String>, PathRejection>,
+    name: NameParam,
     body: Body,
+    kind: Kind,
 ) -> Reply {
     let name = path(name, distkit_dlock::MAX_NAME_LEN, "lock names")?;
     let req: AcquireBody = json_body(body).await?;
     let opts = acquire_options(req.ttl_ms, req.wait_ms)?;
-    let one = async { app.locks.acquire_with(&name, opts).await.map(|g| vec![g]) };
+    if req.permits.is_some() && kind != Kind::Semaphore {
+        count_acquire("invalid");
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "permits is a field of semaphore acquisitions only",
+        ));
+    }
+    let permits = req.permits.unwrap_or(1);
+    let locks = backend(&app, kind)?;
+    let sem = match kind {
+        Kind::Semaphore => Some(family(&app)?.semaphores.clone()),
+        _ => None,
+    };
+    let one = async {
+        match sem {
+            Some(sem) => sem.acquire_permits(&name, permits, opts).await,
+            None => locks.acquire_with(&name, opts).await,
+        }
+        .map(|g| vec![g])
+    };
     let guards = granted(&app, one).await?;
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "name": name,
         "token": guards[0].token().to_string(),
         "fencing_token": guards[0].fencing_token().get(),
         "ttl_ms": guards[0].lease().ttl().as_millis() as u64,
     });
+    if kind == Kind::Semaphore {
+        body["permits"] = permits.into();
+    }
     keep_leases(guards);
     Ok(axum::Json(body).into_response())
 }
@@ -847,15 +977,20 @@ fn named_lease(name: &str, token: Option<&str>, ttl: Duration) -> Result<Lease, 
     ))
 }
 
-async fn lock_release(
+async fn lock_release(State(app): State<Arc<App>>, name: NameParam, body: Body) -> Reply {
+    release_kind(State(app), name, body, Kind::Lock).await
+}
+
+async fn release_kind(
     State(app): State<Arc<App>>,
-    name: Result<Path<String>, PathRejection>,
+    name: NameParam,
     body: Body,
+    kind: Kind,
 ) -> Reply {
     let name = path(name, distkit_dlock::MAX_NAME_LEN, "lock names")?;
     let req: TokenBody = json_body(body).await?;
     let lease = named_lease(&name, req.token.as_deref(), Duration::ZERO)?;
-    let released = app.locks.release(&lease).await;
+    let released = backend(&app, kind)?.release(&lease).await;
     let result = match &released {
         Ok(true) => "released",
         Ok(false) => "not_held",
@@ -866,19 +1001,69 @@ async fn lock_release(
     Ok(axum::Json(serde_json::json!({ "released": released })).into_response())
 }
 
-async fn lock_extend(
+async fn lock_extend(State(app): State<Arc<App>>, name: NameParam, body: Body) -> Reply {
+    extend_kind(State(app), name, body, Kind::Lock).await
+}
+
+async fn extend_kind(
     State(app): State<Arc<App>>,
-    name: Result<Path<String>, PathRejection>,
+    name: NameParam,
     body: Body,
+    kind: Kind,
 ) -> Reply {
     let name = path(name, distkit_dlock::MAX_NAME_LEN, "lock names")?;
     let req: TokenBody = json_body(body).await?;
     let ttl = Duration::from_millis(req.ttl_ms.unwrap_or(30_000));
     let mut lease = named_lease(&name, req.token.as_deref(), ttl)?;
     // A refused TTL is an error that changes nothing: the lease stays as it was.
-    let extended = app.locks.extend(&mut lease, ttl).await.map_err(failed)?;
+    let extended = backend(&app, kind)?
+        .extend(&mut lease, ttl)
+        .await
+        .map_err(failed)?;
     Ok(
         axum::Json(serde_json::json!({ "extended": extended, "ttl_ms": ttl.as_millis() as u64 }))
+            .into_response(),
+    )
+}
+
+/// `GET /v1/semaphores/{name}`: `{limit, in_use}`.
+async fn semaphore_state(State(app): State<Arc<App>>, name: NameParam) -> Reply {
+    let name = path(name, distkit_dlock::MAX_NAME_LEN, "lock names")?;
+    let count = family(&app)?
+        .semaphores
+        .permits(&name)
+        .await
+        .map_err(failed)?;
+    Ok(
+        axum::Json(serde_json::json!({ "limit": count.limit, "in_use": count.in_use }))
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object with permits, the new limit"
+)]
+struct LimitBody {
+    permits: Option<u32>,
+}
+
+/// `PUT /v1/semaphores/{name}` `{permits}`: sets the limit (holders keep what they hold).
+async fn semaphore_limit(State(app): State<Arc<App>>, name: NameParam, body: Body) -> Reply {
+    let name = path(name, distkit_dlock::MAX_NAME_LEN, "lock names")?;
+    let req: LimitBody = json_body(body).await?;
+    let permits = req.permits.ok_or_else(|| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "the body needs permits, the new limit",
+        )
+    })?;
+    let sem = &family(&app)?.semaphores;
+    sem.set_permits(&name, permits).await.map_err(failed)?;
+    let count = sem.permits(&name).await.map_err(failed)?;
+    Ok(
+        axum::Json(serde_json::json!({ "limit": count.limit, "in_use": count.in_use }))
             .into_response(),
     )
 }

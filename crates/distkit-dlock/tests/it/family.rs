@@ -177,6 +177,13 @@ async fn readers_share_writers_exclude(rw: Arc<dyn DistributedRwLock>) {
     assert!(r.try_acquire("x").await.unwrap().is_none());
     assert!(w.try_acquire("x").await.unwrap().is_none());
     let write_fence = wg.fencing_token();
+    // Found through the node: a reader's release with the writer's token freed the
+    // in-process write lease. Each side touches only its own leases.
+    let held_write = wg.lease().clone();
+    assert!(!r.release(&held_write).await.unwrap());
+    assert!(!r.is_held(&held_write).await.unwrap());
+    assert!(w.is_held(&held_write).await.unwrap());
+    assert!(r.try_acquire("x").await.unwrap().is_none(), "still written");
     // A reader waiting for the writer is let in by its release.
     let waiting = tokio::spawn({
         let r = r.clone();
