@@ -10,7 +10,25 @@
 //! | [`LocalLock`] | this process | tests, single-process deployments |
 //!
 //! All three implement [`distkit_core::DistributedLock`], so code can hold an
-//! `Arc<dyn DistributedLock>` and pick the backend from configuration. [`MultiLock`] takes
+//! `Arc<dyn DistributedLock>` and pick the backend from configuration.
+//!
+//! The rest of the lock family, each on Redis (made from a [`RedisLock`], sharing its
+//! connections) and in-process with the same semantics:
+//!
+//! | kind | Redis | in-process | choose it when |
+//! |---|---|---|---|
+//! | mutex | [`RedisLock`] | [`LocalLock`] | one holder at a time, most throughput; under contention a release is handed to a waiter it woke, so grants spread across workers |
+//! | fair lock | [`RedisFairLock`] | [`LocalFairLock`] | waiters must be granted in arrival order (no starvation) |
+//! | read-write lock | [`RedisRwLock`] | [`LocalRwLock`] | many readers may overlap, writers are exclusive and must not starve (writer preference) |
+//! | semaphore | [`RedisSemaphore`] | [`LocalSemaphore`] | at most N holders at once, N changeable at run time, each grant with its own lease |
+//! | several names | [`MultiLock`] over any of them | | one operation needs several resources at once |
+//!
+//! Every kind hands out the same [`LockGuard`](distkit_core::LockGuard) with a fencing token,
+//! the same watchdog, release on drop and cancellation safety (a dropped acquire leaves no
+//! grant, queue entry or permit behind). The read-write lock and the semaphore implement
+//! [`DistributedRwLock`](distkit_core::DistributedRwLock) and
+//! [`DistributedSemaphore`](distkit_core::DistributedSemaphore), so code can pick Redis or the
+//! in-process table from configuration for them too. [`MultiLock`] takes
 //! several names of any of them together, all or none (sorted acquisition, one wait limit for
 //! the set, one guard); choose it when one operation must hold several resources at once,
 //! such as a transfer between two accounts. Every grant returns a

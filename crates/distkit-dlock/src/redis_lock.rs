@@ -207,6 +207,12 @@ impl RedisLockBuilder {
 ///   release channel, try once more (so no release slips in between), and then retry on the
 ///   message; they also wake when the holder's TTL runs out (a crashed holder
 ///   publishes nothing), and poll with jittered backoff when pub/sub is unavailable.
+/// * **Hand-off under contention**: waiters are counted in Redis while they wait; a release
+///   while some wait keeps the lock for the waiters it woke for up to
+///   [`handoff_window`](RedisLockBuilder::handoff_window) (10 ms, ended by the first woken
+///   waiter's grant), so the worker that just released cannot take it straight back. Grants
+///   spread evenly across workers and processes; for strict arrival order use
+///   [`RedisLock::fair`]. A `try_acquire` in that window finds the lock busy.
 /// * **Cancellation**: if the caller's acquire future is dropped while a grant is in flight,
 ///   a release follows on the same connection, so no orphaned lock waits out its TTL.
 /// * **Watchdog** (opt-in): renews every `ttl / 3` while the guard lives, stops before the
