@@ -1573,6 +1573,27 @@ async fn family_routes(http: &reqwest::Client, u: &str) {
         .await
         .unwrap();
     assert_eq!(rel["released"], true);
+    // A fair lock and a plain lock of one name exclude each other, on both backends.
+    let f: Value = post("/v1/fair-locks/shared-name", json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        post("/v1/locks/shared-name", json!({}))
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+    let rel: Value = delete("/v1/locks/shared-name", json!({"token": f["token"]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rel["released"], true, "one lock, one token");
     // Read-write lock.
     let r1: Value = post("/v1/rwlocks/doc/read", json!({}))
         .await

@@ -144,15 +144,18 @@ impl Target {
             Kind::Plain => {
                 inv = Self::invocation(&scripts::RELEASE_HANDING_OFF);
                 inv.key(&self.base).key(self.key("handoff"));
-                inv.key(self.key("waiters"));
+                inv.key(self.key("waiters")).key(self.key("queue"));
+                inv.key(self.key("queue-expiry"));
                 inv.arg(&self.token).arg(&self.channel).arg(handoff_ms);
+                inv.arg(self.waiter_prefix());
             }
             Kind::Fair => {
                 inv = Self::invocation(&scripts::FAIR_RELEASE);
-                inv.key(&self.base)
-                    .key(self.key("queue"))
-                    .key(self.key("queue-expiry"));
-                inv.arg(&self.token).arg(self.waiter_prefix());
+                inv.key(&self.base).key(self.key("queue"));
+                inv.key(self.key("queue-expiry")).key(self.key("waiters"));
+                inv.arg(&self.token)
+                    .arg(self.waiter_prefix())
+                    .arg(&self.channel);
             }
             Kind::Write => {
                 inv = Self::invocation(&scripts::RELEASE);
@@ -311,6 +314,10 @@ impl DistributedLock for Handle {
 ///   queue at once; one that is SIGKILLed holds up the waiters behind it for at most what
 ///   was left of its entry's expiry.
 ///
+/// The queue lives in Redis: a Redis that restarts without persistence forgets it, and the
+/// waiters queue again in the order of their next attempts (each within a third of the
+/// entry's expiry).
+///
 /// Choose it when waiters must not starve (a device's firmware job queued behind a busy
 /// stream of others); choose [`RedisLock`] for the most throughput.
 ///
@@ -449,6 +456,9 @@ impl DistributedRwLock for RedisRwLock {
 /// one lease with its own fencing token; [`DistributedLock::acquire_with`] takes one. A release or
 /// a raised limit wakes the waiters. Lowering the limit takes nothing from current holders;
 /// new grants wait until the holders are back under it.
+///
+/// A limit lives in Redis like the leases: a Redis that restarts without persistence forgets
+/// it, and the name has the default limit again until `set_permits` is called.
 ///
 /// Choose it to bound concurrency across processes (at most 5 firmware downloads at once).
 /// Waiters are not queued: a request for many permits can wait while small ones keep fitting.

@@ -1,20 +1,14 @@
 //! `LocalLock`: the same contract inside one process, for tests and single-node deployments.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use distkit_core::{
-    AcquireOptions, DistributedLock, Error, FencingToken, Lease, LockGuard, LockToken,
-};
-use tokio::sync::Notify;
+use distkit_core::{AcquireOptions, DistributedLock, Error, Lease, LockGuard};
 
-use crate::name::validate;
+use crate::local_family::{Local, LocalFairLock, Mode, Table};
 use crate::redis_lock::DEFAULT_TTL;
-use crate::util::{Deadline, guard, random_token, validate_ttl};
 
 /// An in-process lock table with the semantics of [`RedisLock`](crate::RedisLock): leases
 /// with TTLs, secret tokens, strictly increasing fencing tokens, waiters woken on release (and
@@ -41,31 +35,11 @@ use crate::util::{Deadline, guard, random_token, validate_ttl};
 /// ```
 #[derive(Clone)]
 pub struct LocalLock {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    table: Mutex<HashMap<String, Slot>>,
-    fence: AtomicU64,
-    ttl: Duration,
-    watchdog: bool,
-    max_locks: usize,
+    local: Local,
 }
 
 /// The most lock names a [`LocalLock`] keeps by default (held, or with waiters).
 pub const DEFAULT_MAX_LOCKS: usize = 100_000;
-
-#[derive(Default)]
-struct Slot {
-    holder: Option<(LockToken, Instant)>,
-    notify: Arc<Notify>,
-}
-
-impl Slot {
-    fn held_by_other(&self, now: Instant) -> Option<Instant> {
-        self.holder.and_then(|(_, exp)| (exp > now).then_some(exp))
-    }
-}
 
 /// The next fencing token: `max(previous + 1, microseconds since the epoch)`, as the Redis
 /// backend's, so tokens keep rising across a restart of the process (an outside review saw
@@ -103,41 +77,28 @@ impl LocalLock {
     }
 
     /// As [`with_watchdog`](Self::with_watchdog), keeping at most `max_locks` lock names
-    /// (held, or with waiters): a new name beyond that is refused with
-    /// [`Error::NoCapacity`] once expired leases are swept, so a client that takes locks and
+    /// (held, or with waiters): a new name beyond that is refused with a retryable
+    /// [`Error::Unavailable`] once expired leases are swept, so a client that takes locks and
     /// never releases them cannot grow the table without bound.
     ///
     /// # Errors
     ///
     /// As for [`new`](Self::new), and [`Error::InvalidInput`] for a zero limit.
     pub fn with_limit(ttl: Duration, watchdog: bool, max_locks: usize) -> Result<Self, Error> {
-        validate_ttl(ttl)?;
-        if max_locks == 0 {
-            return Err(Error::invalid_input("max locks", "it must be at least 1"));
-        }
         Ok(Self {
-            inner: Arc::new(Inner {
-                table: Mutex::new(HashMap::new()),
-                fence: AtomicU64::new(0),
-                ttl,
-                watchdog,
-                max_locks,
-            }),
+            local: Local {
+                table: Table::with(ttl, 1, watchdog, max_locks)?,
+                mode: Mode::Plain,
+            },
         })
     }
 
-    fn table(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
-        self.inner
-            .table
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn holds(&self, lease: &Lease, now: Instant) -> bool {
-        self.table()
-            .get(lease.name())
-            .and_then(|s| s.holder)
-            .is_some_and(|(t, exp)| t == lease.token() && exp > now)
+    /// A fair lock on this table's names: it excludes this lock's holders (and they it), as
+    /// a [`RedisFairLock`](crate::RedisFairLock) and a [`RedisLock`](crate::RedisLock) of one
+    /// name do. A plain acquire does not queue: it may go ahead of the fair queue.
+    #[must_use]
+    pub fn fair(&self) -> LocalFairLock {
+        LocalFairLock::on(self.local.table.clone())
     }
 }
 
@@ -150,8 +111,8 @@ impl Default for LocalLock {
 impl fmt::Debug for LocalLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalLock")
-            .field("ttl", &self.inner.ttl)
-            .field("held", &self.table().len())
+            .field("ttl", &self.local.table.ttl())
+            .field("held", &self.local.table.names())
             .finish()
     }
 }
@@ -159,126 +120,16 @@ impl fmt::Debug for LocalLock {
 #[async_trait]
 impl DistributedLock for LocalLock {
     async fn acquire_with(&self, name: &str, options: AcquireOptions) -> Result<LockGuard, Error> {
-        validate(name)?;
-        let ttl = options.ttl_value().unwrap_or(self.inner.ttl);
-        validate_ttl(ttl)?;
-        let started = Instant::now();
-        let wait = options.wait_limit().unwrap_or(Duration::ZERO);
-        let deadline = Deadline::after(started, wait);
-        loop {
-            let now = Instant::now();
-            let notify;
-            let expires;
-            {
-                let mut table = self.table();
-                if !table.contains_key(name) && table.len() >= self.inner.max_locks {
-                    // Full: forget names whose lease ran out and that nobody waits for.
-                    table.retain(|_, s| {
-                        s.held_by_other(now).is_some() || Arc::strong_count(&s.notify) > 1
-                    });
-                    if table.len() >= self.inner.max_locks {
-                        // Retryable: the table frees itself as leases end.
-                        return Err(Error::Unavailable {
-                            endpoint: "in-process lock table".into(),
-                            reason: format!(
-                                "it holds {} locks, its limit; retry when some are released \
-                                 or expire",
-                                self.inner.max_locks
-                            ),
-                            source: None,
-                        });
-                    }
-                }
-                let slot = table.entry(name.to_owned()).or_default();
-                match slot.held_by_other(now) {
-                    None => {
-                        let fence =
-                            next_fence(&self.inner.fence).ok_or_else(|| Error::NoCapacity {
-                                reason: "the in-process lock table's fencing tokens are \
-                                         exhausted (the counter is at u64::MAX)"
-                                    .into(),
-                            })?;
-                        let token = random_token();
-                        slot.holder = Some((token, now + ttl));
-                        drop(table);
-                        let lease =
-                            Lease::new(name, token, FencingToken::new(fence), ttl, now + ttl);
-                        let watchdog = options.watchdog_value().unwrap_or(self.inner.watchdog);
-                        return Ok(guard(lease, Arc::new(self.clone()), watchdog, ttl / 3));
-                    }
-                    Some(exp) => {
-                        notify = slot.notify.clone();
-                        expires = exp;
-                    }
-                }
-            }
-            if wait.is_zero() || deadline.passed(now) {
-                return Err(Error::Busy {
-                    what: format!("lock {name:?}"),
-                    waited: now - started,
-                });
-            }
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // A release may have happened between dropping the table and enabling: look again.
-            if self
-                .table()
-                .get(name)
-                .is_some_and(|s| s.held_by_other(Instant::now()).is_some())
-            {
-                let now = Instant::now();
-                let wake = deadline.cap(now, expires.saturating_duration_since(now));
-                tokio::select! {
-                    () = notified => {}
-                    () = tokio::time::sleep(wake) => {}
-                }
-            }
-        }
+        self.local.acquire_with(name, options).await
     }
-
     async fn release(&self, lease: &Lease) -> Result<bool, Error> {
-        let now = Instant::now();
-        let mut table = self.table();
-        let Some(slot) = table.get_mut(lease.name()) else {
-            return Ok(false);
-        };
-        match slot.holder {
-            Some((t, exp)) if t == lease.token() && exp > now => {
-                slot.holder = None;
-                if Arc::strong_count(&slot.notify) == 1 {
-                    // Nobody waits (waiters clone the notifier under this lock): forget the
-                    // name so the table does not grow with every name ever used.
-                    table.remove(lease.name());
-                } else {
-                    slot.notify.notify_one();
-                }
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        self.local.release(lease).await
     }
-
     async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error> {
-        validate_ttl(ttl)?;
-        let now = Instant::now();
-        let mut table = self.table();
-        match table.get_mut(lease.name()) {
-            Some(slot)
-                if slot
-                    .holder
-                    .is_some_and(|(t, exp)| t == lease.token() && exp > now) =>
-            {
-                slot.holder = Some((lease.token(), now + ttl));
-                lease.renewed(ttl, now + ttl);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        self.local.extend(lease, ttl).await
     }
-
     async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
-        Ok(self.holds(lease, Instant::now()))
+        self.local.is_held(lease).await
     }
 }
 

@@ -20,19 +20,23 @@ use crate::name::validate;
 use crate::util::{Deadline, guard, random_token, validate_ttl};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
+    /// `LocalLock`: exclusive; it does not queue, and it may go ahead of a fair queue.
+    Plain,
     Fair,
     Read,
     Write,
     Permits(u32),
 }
 
-/// One table of names for one family member (or both sides of a read-write lock).
-struct Table {
+/// One table of names: a `LocalLock` and the fair locks made from it, both sides of a
+/// read-write lock, or a semaphore.
+pub(crate) struct Table {
     slots: Mutex<HashMap<String, Slot>>,
     fence: AtomicU64,
     tickets: AtomicU64,
     ttl: Duration,
+    watchdog: bool,
     max_names: usize,
     default_limit: u32,
 }
@@ -60,10 +64,10 @@ impl Slot {
         self.holders.retain(|h| h.expires > now);
     }
 
-    fn in_use(&self) -> u32 {
-        self.holders
-            .iter()
-            .fold(0u32, |n, h| n.saturating_add(h.permits))
+    /// The permits held, in `u64`: a sum of `u32`s that must not saturate into a count that
+    /// stops growing (an outside review got unlimited grants under a limit of `u32::MAX`).
+    fn in_use(&self) -> u64 {
+        self.holders.iter().map(|h| u64::from(h.permits)).sum()
     }
 
     /// Nothing to remember: no holder, waiter, limit or listener.
@@ -75,10 +79,11 @@ impl Slot {
     }
 }
 
+/// One kind of lock on a table.
 #[derive(Clone)]
-struct Local {
-    table: Arc<Table>,
-    mode: Mode,
+pub(crate) struct Local {
+    pub(crate) table: Arc<Table>,
+    pub(crate) mode: Mode,
 }
 
 impl fmt::Debug for Local {
@@ -92,15 +97,37 @@ impl fmt::Debug for Local {
 
 impl Table {
     fn new(ttl: Duration, default_limit: u32) -> Result<Arc<Self>, Error> {
+        Self::with(ttl, default_limit, false, DEFAULT_MAX_LOCKS)
+    }
+
+    pub(crate) fn with(
+        ttl: Duration,
+        default_limit: u32,
+        watchdog: bool,
+        max_names: usize,
+    ) -> Result<Arc<Self>, Error> {
         validate_ttl(ttl)?;
+        if max_names == 0 {
+            return Err(Error::invalid_input("max locks", "it must be at least 1"));
+        }
         Ok(Arc::new(Self {
             slots: Mutex::new(HashMap::new()),
             fence: AtomicU64::new(0),
             tickets: AtomicU64::new(0),
             ttl,
-            max_names: DEFAULT_MAX_LOCKS,
+            watchdog,
+            max_names,
             default_limit,
         }))
+    }
+
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Names with a holder, a waiter or a limit.
+    pub(crate) fn names(&self) -> usize {
+        self.slots().len()
     }
 
     fn slots(&self) -> MutexGuard<'_, HashMap<String, Slot>> {
@@ -186,6 +213,7 @@ impl Local {
                 let slot = table.slot(&mut slots, name, now)?;
                 slot.sweep(now);
                 let free = match self.mode {
+                    Mode::Plain => slot.holders.is_empty(),
                     Mode::Fair => {
                         slot.holders.is_empty()
                             && slot.queue.front().is_none_or(|t| *t == ticket.id)
@@ -195,7 +223,8 @@ impl Local {
                     }
                     Mode::Write => slot.holders.is_empty(),
                     Mode::Permits(k) => {
-                        slot.in_use().saturating_add(k) <= slot.limit.unwrap_or(table.default_limit)
+                        slot.in_use() + u64::from(k)
+                            <= u64::from(slot.limit.unwrap_or(table.default_limit))
                     }
                 };
                 if free {
@@ -218,7 +247,7 @@ impl Local {
                     });
                     drop(slots);
                     let lease = Lease::new(name, token, FencingToken::new(fence), ttl, now + ttl);
-                    let watchdog = options.watchdog_value().unwrap_or(false);
+                    let watchdog = options.watchdog_value().unwrap_or(table.watchdog);
                     return Ok(guard(lease, Arc::new(self.clone()), watchdog, ttl / 3));
                 }
                 if !wait.is_zero()
@@ -249,7 +278,7 @@ impl Local {
 
     /// Whether this mode's grants exclude everyone else.
     fn exclusive(&self) -> bool {
-        matches!(self.mode, Mode::Fair | Mode::Write)
+        matches!(self.mode, Mode::Plain | Mode::Fair | Mode::Write)
     }
 
     fn with_holder<T>(
@@ -332,6 +361,10 @@ macro_rules! delegate_lock {
 /// [`RedisFairLock`](crate::RedisFairLock)'s semantics inside one process: waiters are
 /// granted in arrival order; one that gives up or is cancelled leaves the line at once.
 ///
+/// [`LocalLock::fair`](crate::LocalLock::fair) makes one on a `LocalLock`'s names, so the
+/// two exclude each other as their Redis counterparts do; [`new`](Self::new) makes one with
+/// names of its own.
+///
 /// ```
 /// use std::time::Duration;
 /// use distkit_core::DistributedLock;
@@ -358,12 +391,16 @@ impl LocalFairLock {
     ///
     /// [`Error::InvalidInput`] for a TTL under 1 ms or over a day.
     pub fn new(ttl: Duration) -> Result<Self, Error> {
-        Ok(Self {
+        Ok(Self::on(Table::new(ttl, 1)?))
+    }
+
+    pub(crate) fn on(table: Arc<Table>) -> Self {
+        Self {
             local: Local {
-                table: Table::new(ttl, 1)?,
+                table,
                 mode: Mode::Fair,
             },
-        })
+        }
     }
 }
 
@@ -497,11 +534,12 @@ impl DistributedSemaphore for LocalSemaphore {
         let slots = table.slots();
         let (limit, in_use) = slots.get(name).map_or((None, 0), |s| {
             let live = s.holders.iter().filter(|h| h.expires > now);
-            (s.limit, live.fold(0u32, |n, h| n.saturating_add(h.permits)))
+            (s.limit, live.map(|h| u64::from(h.permits)).sum::<u64>())
         });
         Ok(PermitCount {
             limit: limit.unwrap_or(table.default_limit),
-            in_use,
+            // Never above u32::MAX: every grant fitted under a limit that is a u32.
+            in_use: u32::try_from(in_use).unwrap_or(u32::MAX),
         })
     }
 }

@@ -43,6 +43,23 @@ end
     };
 }
 
+/// Wakes the head of a fair queue (dropping expired entries first) when the lock is free.
+macro_rules! lua_wake_head {
+    () => {
+        r"
+local function wake_head(lock, queue, expiries, prefix)
+  if redis.call('EXISTS', lock) == 1 then return end
+  local now = now_ms()
+  local gone = redis.call('ZRANGEBYSCORE', expiries, '-inf', now)
+  for _, w in ipairs(gone) do redis.call('ZREM', queue, w) end
+  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', expiries, '-inf', now) end
+  local head = redis.call('ZRANGE', queue, 0, 0)[1]
+  if head then redis.call('PUBLISH', prefix .. head, '1') end
+end
+"
+    };
+}
+
 /// Grants the lock if it is free, with a fencing token from the same atomic step.
 ///
 /// KEYS: lock, fence, hand-off marker, waiters (zset token -> entry expiry ms). ARGV: token,
@@ -163,15 +180,20 @@ return 0
 /// callers wait, sets the hand-off marker for ARGV[3] ms so a woken waiter, not the releasing
 /// worker, gets the lock next.
 ///
-/// KEYS: lock, hand-off marker, waiters. ARGV: token, channel, hand-off window in ms.
+/// A fair lock's queue on the same name is woken too (its head may go now).
+///
+/// KEYS: lock, hand-off marker, waiters, fair queue, fair entry expiries. ARGV: token,
+/// channel, hand-off window in ms, fair waiter channel prefix.
 /// Returns 1 when released, 0 when not held.
 pub(crate) static RELEASE_HANDING_OFF: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         lua_prelude!(),
+        lua_wake_head!(),
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[2], '1')
+if redis.call('EXISTS', KEYS[4]) == 1 then wake_head(KEYS[1], KEYS[4], KEYS[5], ARGV[4]) end
 if tonumber(ARGV[3]) > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms())
   if redis.call('ZCARD', KEYS[3]) > 0 then
@@ -233,27 +255,13 @@ return {1, n}
     ))
 });
 
-/// Wakes the head of a fair queue (dropping expired entries first) when the lock is free.
-macro_rules! lua_wake_head {
-    () => {
-        r"
-local function wake_head(lock, queue, expiries, prefix)
-  if redis.call('EXISTS', lock) == 1 then return end
-  local now = now_ms()
-  local gone = redis.call('ZRANGEBYSCORE', expiries, '-inf', now)
-  for _, w in ipairs(gone) do redis.call('ZREM', queue, w) end
-  if #gone > 0 then redis.call('ZREMRANGEBYSCORE', expiries, '-inf', now) end
-  local head = redis.call('ZRANGE', queue, 0, 0)[1]
-  if head then redis.call('PUBLISH', prefix .. head, '1') end
-end
-"
-    };
-}
-
 /// The fair lock's release: deletes the lock if the token matches and wakes the queue's head
 /// (only the head: the others would find they are not first).
 ///
-/// KEYS: lock, queue, entry expiries. ARGV: token, waiter channel prefix.
+/// Plain-lock waiters of the same name are woken too.
+///
+/// KEYS: lock, queue, entry expiries, plain waiters. ARGV: token, waiter channel prefix,
+/// plain channel.
 pub(crate) static FAIR_RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         lua_prelude!(),
@@ -262,6 +270,7 @@ pub(crate) static FAIR_RELEASE: LazyLock<Script> = LazyLock::new(|| {
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 wake_head(KEYS[1], KEYS[2], KEYS[3], ARGV[2])
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PUBLISH', ARGV[3], '1') end
 return 1
 ",
     ))
@@ -426,8 +435,8 @@ local function sem_state(holders, counts, limit_key, default)
   if #gone > 0 then redis.call('ZREMRANGEBYSCORE', holders, '-inf', now) end
   local raw = redis.call('GET', limit_key)
   local limit = tonumber(raw or default)
-  if not limit then
-    return nil, nil, now, redis.error_reply('DISTKIT_BAD_LIMIT the semaphore limit ' .. limit_key .. ' holds ' .. string.sub(raw, 1, 40) .. ', not a number')
+  if not limit or limit ~= math.floor(limit) or limit < 1 or limit > 4294967295 then
+    return nil, nil, now, redis.error_reply('DISTKIT_BAD_LIMIT the semaphore limit ' .. limit_key .. ' holds ' .. string.sub(raw or default, 1, 40) .. ', not a whole number from 1 to 4294967295')
   end
   local used = 0
   for _, v in ipairs(redis.call('HVALS', counts)) do used = used + (tonumber(v) or 0) end

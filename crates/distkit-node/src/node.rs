@@ -20,7 +20,7 @@ use distkit_core::{
     LockToken, NodeId,
 };
 use distkit_dcache::DistributedCache;
-use distkit_dlock::{LocalFairLock, LocalLock, LocalRwLock, LocalSemaphore, RedisLock, Redlock};
+use distkit_dlock::{LocalLock, LocalRwLock, LocalSemaphore, RedisLock, Redlock};
 use distkit_election::{Config, Elector, FileVoteStore, HttpTransport, http_router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -254,12 +254,14 @@ pub async fn run(
             tracing::warn!(
                 "no --redis or --redlock given: locks are in-process and coordinate only clients of this node"
             );
+            let plain = LocalLock::new(ttl)?;
             let family = Family {
-                fair: Arc::new(LocalFairLock::new(ttl)?),
+                // On the plain lock's names, so the two exclude each other as on Redis.
+                fair: Arc::new(plain.fair()),
                 rw: Arc::new(LocalRwLock::new(ttl)?),
                 semaphores: Arc::new(LocalSemaphore::new(ttl, DEFAULT_PERMITS)?),
             };
-            (Arc::new(LocalLock::new(ttl)?), Some(family), "in-process")
+            (Arc::new(plain), Some(family), "in-process")
         }
         LockBackend::Redis(url) => {
             let redis = RedisLock::new(url.clone())?;

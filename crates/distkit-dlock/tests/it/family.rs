@@ -9,7 +9,7 @@ use std::time::Duration;
 use distkit_core::{
     AcquireOptions, DistributedLock, DistributedRwLock, DistributedSemaphore, Error,
 };
-use distkit_dlock::{LocalFairLock, LocalRwLock, LocalSemaphore, RedisLock};
+use distkit_dlock::{LocalFairLock, LocalLock, LocalRwLock, LocalSemaphore, RedisLock};
 use distkit_testkit::{RedisServer, Reply};
 use rand::{Rng, SeedableRng};
 
@@ -449,4 +449,120 @@ async fn a_vanished_head_of_the_fair_queue_delays_the_next_by_at_most_its_entry_
         "the next waiter waited {took:?}"
     );
     g.release().await.unwrap();
+}
+
+/// Found by an outside review: under a limit of `u32::MAX` the in-process semaphore's count
+/// of permits in use saturated, and every further grant fitted. Both backends refuse.
+async fn the_largest_limit_still_bounds(sem: Arc<dyn DistributedSemaphore>) {
+    sem.set_permits("max", u32::MAX).await.unwrap();
+    let most = sem
+        .acquire_permits("max", u32::MAX - 1, wait(0))
+        .await
+        .unwrap();
+    let one = sem.acquire_permits("max", 1, wait(0)).await.unwrap();
+    for k in [1, u32::MAX] {
+        let err = sem.acquire_permits("max", k, wait(0)).await.unwrap_err();
+        assert!(matches!(err, Error::Busy { .. }), "{k}: {err:?}");
+    }
+    assert_eq!(
+        sem.permits("max").await.unwrap(),
+        distkit_core::PermitCount {
+            limit: u32::MAX,
+            in_use: u32::MAX
+        }
+    );
+    drop((most, one));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_of_u32_max_permits_still_bounds_its_holders() {
+    let (_server, lock) = server_and_lock(Duration::from_secs(10));
+    the_largest_limit_still_bounds(Arc::new(lock.semaphore(1).unwrap())).await;
+    the_largest_limit_still_bounds(Arc::new(
+        LocalSemaphore::new(Duration::from_secs(10), 1).unwrap(),
+    ))
+    .await;
+}
+
+/// Found by an outside review: the in-process fair lock did not exclude the plain lock of
+/// the same name (Redis's does: they share the key). A fair lock made from a `LocalLock`
+/// shares its names; a token of one releases through the other, as on Redis.
+async fn fair_and_plain_exclude_each_other(
+    plain: Arc<dyn DistributedLock>,
+    fair: Arc<dyn DistributedLock>,
+) {
+    let f = fair.try_acquire("m").await.unwrap().expect("free");
+    assert!(
+        plain.try_acquire("m").await.unwrap().is_none(),
+        "plain while fair holds"
+    );
+    assert!(
+        plain.release(f.lease()).await.unwrap(),
+        "one lock, one token"
+    );
+    let p = plain.try_acquire("m").await.unwrap().expect("free again");
+    assert!(
+        fair.try_acquire("m").await.unwrap().is_none(),
+        "fair while plain holds"
+    );
+    assert!(p.fencing_token() > f.fencing_token());
+    p.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fair_lock_and_a_plain_lock_of_one_name_exclude_each_other() {
+    let (_server, lock) = server_and_lock(Duration::from_secs(10));
+    fair_and_plain_exclude_each_other(Arc::new(lock.clone()), Arc::new(lock.fair())).await;
+    let local = LocalLock::new(Duration::from_secs(10)).unwrap();
+    fair_and_plain_exclude_each_other(Arc::new(local.clone()), Arc::new(local.fair())).await;
+}
+
+/// Found by an outside review: a plain waiter behind a fair holder (or a fair waiter behind
+/// a plain holder) was not told of the release and found out at its next poll (0.5 to 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_of_one_kind_wakes_the_waiters_of_the_other_kind_at_once() {
+    let (_server, lock) = server_and_lock(Duration::from_secs(10));
+    let plain: Arc<dyn DistributedLock> = Arc::new(lock.clone());
+    let fair: Arc<dyn DistributedLock> = Arc::new(lock.fair());
+    for (holder, waiter, what) in [
+        (fair.clone(), plain.clone(), "fair holder, plain waiter"),
+        (plain.clone(), fair.clone(), "plain holder, fair waiter"),
+    ] {
+        let held = holder.try_acquire("x").await.unwrap().expect("free");
+        let waiting = tokio::spawn(async move {
+            let g = waiter.acquire("x", Duration::from_secs(5)).await.unwrap();
+            (std::time::Instant::now(), g)
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let released = std::time::Instant::now();
+        held.release().await.unwrap();
+        let (at, g) = waiting.await.unwrap();
+        let took = at - released;
+        // A poll would come 0.4 s or more after the release.
+        assert!(
+            took < Duration::from_millis(250),
+            "{what}: woken after {took:?}"
+        );
+        g.release().await.unwrap();
+    }
+}
+
+/// Found by an outside review: a semaphore limit key holding `-5`, `0` or `1e23` (written by
+/// another program) was taken as a limit. It is refused with a typed error, as a bad fencing
+/// counter is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_limit_key_out_of_range_is_a_typed_error() {
+    let (server, lock) = server_and_lock(Duration::from_secs(10));
+    let sem = lock.semaphore(2).unwrap();
+    for bad in ["-5", "0", "1.5", "1e23", "4294967296", "garbage"] {
+        server
+            .command(&["SET", "distkit:lock:sem:{k}:limit", bad])
+            .unwrap();
+        let err = sem.acquire_permits("k", 1, wait(0)).await.unwrap_err();
+        assert!(matches!(err, Error::Protocol { .. }), "{bad}: {err:?}");
+        let err = sem.permits("k").await.unwrap_err();
+        assert!(matches!(err, Error::Protocol { .. }), "{bad}: {err:?}");
+    }
+    sem.set_permits("k", 4_294_967_295).await.unwrap();
+    assert_eq!(sem.permits("k").await.unwrap().limit, u32::MAX);
 }
