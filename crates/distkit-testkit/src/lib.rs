@@ -115,8 +115,20 @@ pub struct RedisServer {
     binary: PathBuf,
     port: u16,
     password: Option<String>,
+    role: Role,
     dir: tempfile::TempDir,
     child: Option<Child>,
+}
+
+/// What a server process is.
+#[derive(Debug, Default, Clone)]
+enum Role {
+    #[default]
+    Primary,
+    /// A replica of the server on this port.
+    Replica(u16),
+    /// A sentinel watching the primary on this port as master `distkit`.
+    Sentinel(u16),
 }
 
 /// Configures a [`RedisServer`] before it starts.
@@ -124,9 +136,24 @@ pub struct RedisServer {
 #[must_use]
 pub struct RedisServerBuilder {
     password: Option<String>,
+    role: Role,
 }
 
 impl RedisServerBuilder {
+    /// Starts the server as a replica of the one on `port` (`--replicaof`).
+    pub fn replica_of(mut self, port: u16) -> Self {
+        self.role = Role::Replica(port);
+        self
+    }
+
+    /// Starts a sentinel (`redis-server --sentinel`) that monitors the primary on `port` as
+    /// master [`SENTINEL_MASTER`], with a quorum of 2 and a primary declared down after
+    /// 500 ms without an answer.
+    pub fn sentinel_of(mut self, port: u16) -> Self {
+        self.role = Role::Sentinel(port);
+        self
+    }
+
     /// Requires clients to `AUTH` with `password` (`requirepass`).
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
@@ -152,6 +179,7 @@ impl RedisServerBuilder {
             binary,
             port: pick_port()?,
             password: self.password,
+            role: self.role,
             dir,
             child: None,
         };
@@ -376,15 +404,36 @@ impl RedisServer {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let log = self.log_path().to_string_lossy().into_owned();
         let mut cmd = Command::new(&self.binary);
-        cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dir", &dir])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--logfile", &log, "--databases", "1"])
-            .stdin(Stdio::null())
+        if let Role::Sentinel(primary) = self.role {
+            // A sentinel needs a config file it can rewrite.
+            let conf = self.dir.path().join("sentinel.conf");
+            let text = format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
+                 sentinel resolve-hostnames no\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} 2\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 500\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 3000\n\
+                 sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
+            );
+            std::fs::write(&conf, text).map_err(|source| TestkitError::Process {
+                action: "write the sentinel config for",
+                source,
+            })?;
+            cmd.arg(&conf).arg("--sentinel");
+        } else {
+            cmd.args(["--port", &port, "--bind", "127.0.0.1", "--dir", &dir])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .args(["--logfile", &log, "--databases", "1"]);
+            if let Some(p) = &self.password {
+                cmd.args(["--requirepass", p]);
+            }
+            if let Role::Replica(primary) = self.role {
+                cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+            }
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(p) = &self.password {
-            cmd.args(["--requirepass", p]);
-        }
         let child = cmd.spawn().map_err(|source| TestkitError::Process {
             action: "spawn",
             source,
@@ -423,6 +472,155 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.kill();
+    }
+}
+
+/// The master name the testkit's sentinels monitor.
+pub const SENTINEL_MASTER: &str = "distkit";
+
+/// A Redis Sentinel deployment on loopback: one primary, its replicas, and sentinels that
+/// watch it and promote a replica when it dies (`redis-server --sentinel`, no other package).
+#[derive(Debug)]
+pub struct SentinelSetup {
+    /// The data servers; index 0 started as the primary.
+    pub servers: Vec<RedisServer>,
+    /// The sentinels.
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl SentinelSetup {
+    /// Starts a primary, `replicas` replicas and `sentinels` sentinels, and waits (at most
+    /// 30 s) until the replicas are in sync and every sentinel knows every replica and every
+    /// other sentinel, so a failover can happen.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RedisServerBuilder::start`], and [`TestkitError::NotReady`] when the
+    /// deployment does not settle in time.
+    pub fn start(replicas: usize, sentinels: usize) -> Result<Self, TestkitError> {
+        let primary = RedisServer::start()?;
+        let port = primary.port();
+        let mut servers = vec![primary];
+        for _ in 0..replicas {
+            servers.push(RedisServer::builder().replica_of(port).start()?);
+        }
+        let sentinels = (0..sentinels)
+            .map(|_| RedisServer::builder().sentinel_of(port).start())
+            .collect::<Result<Vec<_>, _>>()?;
+        let setup = Self { servers, sentinels };
+        setup.wait_until(
+            Duration::from_secs(30),
+            "replicas in sync and sentinels acquainted",
+            |s| s.settled(port, replicas),
+        )?;
+        Ok(setup)
+    }
+
+    fn settled(&self, primary: u16, replicas: usize) -> bool {
+        let synced = self.servers[0]
+            .command(&["INFO", "replication"])
+            .ok()
+            .and_then(|r| r.as_text())
+            .is_some_and(|t| {
+                t.lines()
+                    .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                    .count()
+                    == replicas
+            });
+        synced
+            && self.sentinels.iter().all(|s| {
+                let count = |args: &[&str]| match s.command(args) {
+                    Ok(Reply::Array(v)) => v.len(),
+                    _ => 0,
+                };
+                count(&["SENTINEL", "replicas", SENTINEL_MASTER]) == replicas
+                    && count(&["SENTINEL", "sentinels", SENTINEL_MASTER]) + 1
+                        == self.sentinels.len()
+            })
+            && self.primary_port() == Some(primary)
+    }
+
+    /// The sentinels' URLs (`redis://127.0.0.1:PORT/`), for a client to discover the primary.
+    #[must_use]
+    pub fn sentinel_urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(RedisServer::url).collect()
+    }
+
+    /// The primary's port as the first sentinel that answers reports it.
+    #[must_use]
+    pub fn primary_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            match s.command(&["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER]) {
+                Ok(Reply::Array(v)) if v.len() == 2 => v[1].as_text()?.parse().ok(),
+                _ => None,
+            }
+        })
+    }
+
+    /// The data server on `port`.
+    pub fn server_on(&mut self, port: u16) -> Option<&mut RedisServer> {
+        self.servers.iter_mut().find(|s| s.port() == port)
+    }
+
+    /// SIGKILLs the current primary and returns its port.
+    ///
+    /// # Errors
+    ///
+    /// [`TestkitError::NotReady`] when no sentinel names a primary, or the kill fails.
+    pub fn kill_primary(&mut self) -> Result<u16, TestkitError> {
+        let port = self.primary_port().ok_or_else(|| TestkitError::NotReady {
+            port: 0,
+            reason: "no sentinel names a primary".into(),
+        })?;
+        if let Some(s) = self.server_on(port) {
+            s.kill()?;
+        }
+        Ok(port)
+    }
+
+    /// Waits (at most `timeout`) until the sentinels name a primary other than `old` that
+    /// answers as a primary, and returns its port.
+    ///
+    /// # Errors
+    ///
+    /// [`TestkitError::NotReady`] when no failover completes in time.
+    pub fn wait_for_failover(&self, old: u16, timeout: Duration) -> Result<u16, TestkitError> {
+        let mut found = None;
+        self.wait_until(timeout, "a replica promoted", |s| {
+            found = s.primary_port().filter(|p| *p != old).filter(|p| {
+                s.servers.iter().any(|srv| {
+                    srv.port() == *p
+                        && srv
+                            .command(&["ROLE"])
+                            .ok()
+                            .is_some_and(|r| matches!(r, Reply::Array(v) if v.first().and_then(Reply::as_text).as_deref() == Some("master")))
+                })
+            });
+            found.is_some()
+        })?;
+        found.ok_or_else(|| TestkitError::NotReady {
+            port: old,
+            reason: "no primary after the failover".into(),
+        })
+    }
+
+    fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> Result<(), TestkitError> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(self) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(TestkitError::NotReady {
+            port: self.servers[0].port(),
+            reason: format!("the sentinel setup did not reach: {what} within {timeout:?}"),
+        })
     }
 }
 

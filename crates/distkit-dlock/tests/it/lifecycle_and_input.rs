@@ -97,7 +97,11 @@ fn proptests_builders_and_names_at_their_limits() {
                 for s in &services {
                     let opts = AcquireOptions::new().ttl(ds[3]).wait(Duration::ZERO);
                     let r = s.acquire_with(&name, opts).await;
-                    prop_assert!(typed(&r), "{s:?} {r:?}");
+                    // A per-request limit shorter than a loopback round trip (CI drew a 1 ns
+                    // Redlock node timeout) makes "unreachable" the right, typed answer.
+                    let too_short = ds[2] < Duration::from_micros(100)
+                        && matches!(r, Err(Error::Unavailable { .. } | Error::Timeout { .. }));
+                    prop_assert!(typed(&r) || too_short, "{s:?} {r:?}");
                     if let Ok(g) = r {
                         let _ = g.release().await;
                     }
