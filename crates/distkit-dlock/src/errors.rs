@@ -32,6 +32,20 @@ pub(crate) fn from_redis(endpoint: &str, timeout: Duration, e: redis::RedisError
             e,
         );
     }
+    if matches!(
+        e.kind(),
+        redis::ErrorKind::MasterNameNotFoundBySentinel
+            | redis::ErrorKind::NoValidReplicasFoundBySentinel
+    ) {
+        // During a failover the sentinels name no usable primary for a moment; a wrong
+        // master name looks the same and never heals, hence the hint.
+        return Error::unavailable(
+            format!("redis at {endpoint}"),
+            "no sentinel names a reachable primary (a failover in progress, or a wrong master \
+             name)",
+            e,
+        );
+    }
     if code.starts_with("DISTKIT_") {
         // Our scripts name the key that is wrong and what is wrong with it.
         let detail = e.detail().unwrap_or("a lock key holds an unexpected value");
@@ -54,7 +68,10 @@ pub(crate) fn from_redis(endpoint: &str, timeout: Duration, e: redis::RedisError
     }
     if e.is_io_error()
         || e.is_connection_dropped()
-        || matches!(code, "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN")
+        || matches!(
+            code,
+            "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "NOREPLICAS"
+        )
     {
         return Error::unavailable(format!("redis at {endpoint}"), "the connection failed", e);
     }

@@ -126,6 +126,7 @@ mod notify;
 mod redis_lock;
 mod redlock;
 mod scripts;
+mod topology;
 mod util;
 
 #[doc(inline)]

@@ -17,12 +17,15 @@ use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use tokio::sync::{Mutex, Notify, oneshot};
 
+use crate::topology::PubSubSource;
+
 /// Each channel's waker, and whether a message wakes all its waiters.
 type Wakers = HashMap<String, (Arc<Notify>, bool)>;
 
 #[derive(Debug)]
 pub(crate) struct Notifier {
-    client: redis::Client,
+    /// Where the pub/sub connection goes (with Sentinel, the current primary).
+    source: PubSubSource,
     connect_timeout: Duration,
     /// Serializes (un)subscribe commands with the reference counts they depend on.
     control: Mutex<Control>,
@@ -59,9 +62,9 @@ pub(crate) struct Registration {
 }
 
 impl Notifier {
-    pub(crate) fn new(client: redis::Client, connect_timeout: Duration) -> Self {
+    pub(crate) fn new(source: PubSubSource, connect_timeout: Duration) -> Self {
         Self {
-            client,
+            source,
             connect_timeout,
             control: Mutex::new(Control::default()),
             wakers: Arc::new(StdMutex::new(HashMap::new())),
@@ -154,10 +157,9 @@ impl Notifier {
     }
 
     async fn connect(&self) -> Option<(PubSubSink, Arc<AtomicBool>, oneshot::Sender<()>)> {
-        let pubsub = match tokio::time::timeout(
-            self.connect_timeout,
-            self.client.get_async_pubsub(),
-        )
+        let pubsub = match tokio::time::timeout(self.connect_timeout, async {
+            self.source.client().await?.get_async_pubsub().await
+        })
         .await
         {
             Ok(Ok(p)) => p,

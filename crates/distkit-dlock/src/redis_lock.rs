@@ -10,11 +10,12 @@ use distkit_core::{
 };
 use redis::aio::MultiplexedConnection;
 
-use crate::errors::{from_pool, from_redis};
+use crate::errors::from_redis;
 use crate::family::{Handle, Kind, RedisFairLock, RedisRwLock, RedisSemaphore, Target};
 use crate::name::{Keys, validate};
 use crate::notify::{Notifier, Registration};
 use crate::scripts;
+use crate::topology::{Pool, Pooled, Topology};
 use crate::util::{Backoff, Deadline, guard, random_token, validate_ttl};
 
 /// Default lease length (Redisson's watchdog default).
@@ -34,7 +35,9 @@ pub const DEFAULT_HANDOFF_WINDOW: Duration = Duration::from_millis(10);
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct RedisLockBuilder {
-    url: String,
+    topology: Topology,
+    min_replicas: u32,
+    replica_timeout: Duration,
     ttl: Duration,
     watchdog: bool,
     renew_every: Option<Duration>,
@@ -46,6 +49,34 @@ pub struct RedisLockBuilder {
 }
 
 impl RedisLockBuilder {
+    /// Requires `replicas` replicas to acknowledge every grant and every extension (Redis
+    /// `WAIT replicas timeout` on the connection that wrote it) within `timeout` (shorter
+    /// than the op timeout; default off).
+    ///
+    /// A grant that fewer replicas acknowledged is released at once and reported as a
+    /// retryable [`Error::Unavailable`]; it is never handed to the caller. An extension that
+    /// fewer acknowledged is reported the same way (the watchdog retries it).
+    ///
+    /// **What it buys**: Redis replicates asynchronously, so without it a grant the old
+    /// primary acknowledged can vanish when Sentinel promotes a replica that had not received
+    /// it, and a second client gets the same lock. With `min_replicas(1)` every grant was on
+    /// at least one replica first; Sentinel promotes the replica with the most replication
+    /// progress, which then holds the grant.
+    ///
+    /// **What it does not**: `WAIT` is not consensus. A promotion of a replica that did not
+    /// acknowledge (the acknowledging one was down too, or a partition and an unlucky
+    /// election) can still lose a grant. The fencing token stays the safety net: tokens are
+    /// floored by the server's clock, so they keep increasing across a promotion as long as
+    /// the servers' clocks do not step back, and a fenced store refuses the stale holder.
+    ///
+    /// `WAIT` blocks the connection it runs on, which this service shares between its
+    /// callers: with replicas down, every grant waits up to `timeout`.
+    pub fn min_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.min_replicas = replicas;
+        self.replica_timeout = timeout;
+        self
+    }
+
     /// How long a waiter's place in a [`RedisFairLock`]'s queue (or a waiting writer's mark
     /// on a [`RedisRwLock`]) lasts unless its waiter renews it, which it does every third of
     /// this (default 3 s, from 30 ms to a minute). It bounds how long a waiter that died
@@ -162,25 +193,23 @@ impl RedisLockBuilder {
                 "braces are reserved for the hash tag around the lock name",
             ));
         }
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
-            Error::invalid_input(
-                "redis url",
-                format!("{e} (expected redis://[:password@]host:port/[db])"),
-            )
-        })?;
-        let endpoint = client.get_connection_info().addr().to_string();
-        let mut cfg = deadpool_redis::Config::from_url(self.url.as_str());
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(self.pool_size);
-        pool_cfg.timeouts.wait = Some(self.op_timeout);
-        pool_cfg.timeouts.create = Some(self.op_timeout);
-        pool_cfg.timeouts.recycle = Some(self.op_timeout);
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .map_err(|e| Error::invalid_input("redis url", e.to_string()))?;
+        if self.min_replicas > 0
+            && (self.replica_timeout.is_zero() || self.replica_timeout >= self.op_timeout)
+        {
+            return Err(Error::invalid_input(
+                "replica timeout",
+                format!(
+                    "it must be greater than zero and shorter than the op timeout ({:?}), got {:?}",
+                    self.op_timeout, self.replica_timeout
+                ),
+            ));
+        }
+        let (pool, pubsub, endpoint) = self.topology.connect(self.pool_size, self.op_timeout)?;
         Ok(RedisLock {
             inner: Arc::new(Inner {
-                notifier: Arc::new(Notifier::new(client, self.op_timeout)),
+                notifier: Arc::new(Notifier::new(pubsub, self.op_timeout)),
+                min_replicas: self.min_replicas,
+                replica_timeout: self.replica_timeout,
                 pool,
                 live: std::sync::Mutex::new(None),
                 endpoint,
@@ -233,7 +262,10 @@ pub struct RedisLock {
 }
 
 struct Inner {
-    pool: deadpool_redis::Pool,
+    pool: Pool,
+    /// Replicas that must acknowledge a grant or an extension (`WAIT`), and for how long.
+    min_replicas: u32,
+    replica_timeout: Duration,
     /// A pooled connection kept checked out while it works. It is multiplexed, so every
     /// operation uses a clone of it; checking out per operation would cost deadpool's recycle
     /// check (an extra round trip) each time.
@@ -251,7 +283,7 @@ struct Inner {
 
 struct Live {
     mux: MultiplexedConnection,
-    _pooled: deadpool_redis::Connection,
+    _pooled: Pooled,
 }
 
 /// The outcome of one attempt.
@@ -263,8 +295,33 @@ pub(crate) enum Attempt {
 impl RedisLock {
     /// Configures a lock service for the server at `url` (`redis://[:password@]host:port/`).
     pub fn builder(url: impl Into<String>) -> RedisLockBuilder {
+        Self::configure(Topology::Single(url.into()))
+    }
+
+    /// Configures a lock service for the primary of `master` in a Redis Sentinel deployment,
+    /// found through `sentinels` (`redis://host:port/` each; give all of them).
+    ///
+    /// Every new connection asks the sentinels for the primary, so after a failover the lock
+    /// service follows the promotion: a command that fails on the old primary (refused, or
+    /// `READONLY` once it is demoted) is a retryable error, the connection is dropped, and the
+    /// next operation (a waiter's next attempt) goes to the new one; pub/sub wake-ups move
+    /// with it. Replication is asynchronous: see
+    /// [`min_replicas`](RedisLockBuilder::min_replicas) for what a promotion can lose.
+    pub fn sentinel<S: Into<String>>(
+        master: impl Into<String>,
+        sentinels: impl IntoIterator<Item = S>,
+    ) -> RedisLockBuilder {
+        Self::configure(Topology::Sentinel {
+            master: master.into(),
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    fn configure(topology: Topology) -> RedisLockBuilder {
         RedisLockBuilder {
-            url: url.into(),
+            topology,
+            min_replicas: 0,
+            replica_timeout: Duration::from_millis(100),
             ttl: DEFAULT_TTL,
             watchdog: false,
             renew_every: None,
@@ -493,13 +550,11 @@ impl RedisLock {
         if let Some(live) = self.live().as_ref() {
             return Ok(live.mux.clone());
         }
-        let pooled = self
+        let (mut mux, pooled) = self
             .inner
             .pool
-            .get()
-            .await
-            .map_err(|e| from_pool(&self.inner.endpoint, self.inner.op_timeout, e))?;
-        let mut mux = (*pooled).clone();
+            .get(&self.inner.endpoint, self.inner.op_timeout)
+            .await?;
         // The configured limit, not the client's own 500 ms default, cuts every command.
         mux.set_response_timeout(self.inner.op_timeout);
         let mut live = self.live();
@@ -588,6 +643,11 @@ impl RedisLock {
                         format!("granted {lock} with a negative fencing token {fence}"),
                     ));
                 };
+                if let Err(e) = self.replicated(&mut mux, "grant").await {
+                    // Not on enough replicas: a promotion could lose it. Give it back now.
+                    pending.release_now(self.inner.op_timeout).await;
+                    return Err(e);
+                }
                 pending.disarm();
                 Ok(Attempt::Granted(FencingToken::new(fence)))
             }
@@ -646,11 +706,48 @@ impl RedisLock {
         validate_ttl(ttl)?;
         let target = Target::new(&self.inner.prefix, lease.name(), kind, lease.token());
         let sent = Instant::now();
-        let n: i64 = self.invoke(target.extend(ttl.as_millis() as u64)).await?;
+        let mut conn = self.conn().await?;
+        let n: i64 = self
+            .timed(
+                target
+                    .extend(ttl.as_millis() as u64)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
         if n == 1 {
+            self.replicated(&mut conn, "extension").await?;
             lease.renewed(ttl, sent + ttl);
         }
         Ok(n == 1)
+    }
+
+    /// With [`min_replicas`](RedisLockBuilder::min_replicas): waits until that many replicas
+    /// acknowledged what this connection wrote, or says how many did.
+    async fn replicated(&self, conn: &mut MultiplexedConnection, what: &str) -> Result<(), Error> {
+        let want = self.inner.min_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let limit = self.inner.replica_timeout;
+        let acked: i64 = self
+            .timed(
+                redis::cmd("WAIT")
+                    .arg(want)
+                    .arg(limit.as_millis() as u64)
+                    .query_async(conn),
+            )
+            .await?;
+        if acked >= i64::from(want) {
+            return Ok(());
+        }
+        Err(Error::Unavailable {
+            endpoint: format!("redis at {}", self.inner.endpoint),
+            reason: format!(
+                "only {acked} of the {want} replicas required acknowledged the {what} within \
+                 {limit:?}; it could be lost in a failover, so it was not kept"
+            ),
+            source: None,
+        })
     }
 
     pub(crate) async fn held_kind(&self, lease: &Lease, kind: Kind) -> Result<bool, Error> {
@@ -668,6 +765,17 @@ struct PendingGrant {
 impl PendingGrant {
     fn disarm(mut self) {
         self.release = None;
+    }
+
+    /// Releases the grant now (the drop would do it in the background).
+    async fn release_now(mut self, limit: Duration) {
+        if let Some((mut conn, release)) = self.release.take() {
+            let released: Result<redis::RedisResult<i64>, _> =
+                tokio::time::timeout(limit, release.invoke_async(&mut conn)).await;
+            if !matches!(released, Ok(Ok(_))) {
+                tracing::debug!("releasing an unreplicated grant failed; it expires with its ttl");
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@ mod local;
 mod multi;
 mod redis;
 mod redlock;
+mod sentinel;
 
 use std::time::Duration;
 

@@ -1,0 +1,191 @@
+//! Beyond one Redis: the lock service on a Redis Sentinel deployment (a primary, replicas
+//! and sentinels, real processes on loopback) through a SIGKILL of the primary, and replica
+//! acknowledgement (`min_replicas`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use distkit_core::{
+    AcquireOptions, DistributedLock, DistributedRwLock, DistributedSemaphore, Error,
+};
+use distkit_dlock::RedisLock;
+use distkit_testkit::{RedisServer, Reply, SENTINEL_MASTER, SentinelSetup};
+
+fn keys(server: &RedisServer) -> Vec<String> {
+    match server.command(&["KEYS", "*"]).unwrap() {
+        Reply::Array(v) => v.iter().filter_map(Reply::as_text).collect(),
+        other => panic!("KEYS answered {other:?}"),
+    }
+}
+
+/// With no replica to acknowledge it, a grant is given back and reported as a retryable
+/// error; nothing is left on the server, and an extension is refused the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_no_replica_acknowledged_is_released_and_reported() {
+    let server = RedisServer::start().unwrap();
+    let strict = RedisLock::builder(server.url())
+        .min_replicas(1, Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let err = strict.try_acquire("k").await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("0 of the 1 replicas"), "{err}");
+    let left: Vec<String> = keys(&server)
+        .into_iter()
+        .filter(|k| !k.ends_with(":fence"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // Every kind goes through the same check.
+    assert!(strict.fair().try_acquire("f").await.is_err());
+    assert!(strict.rw().write_lock().try_acquire("w").await.is_err());
+    assert!(strict.semaphore(2).unwrap().try_acquire("s").await.is_err());
+    // An extension is checked too.
+    let loose = RedisLock::new(server.url()).unwrap();
+    let g = loose.try_acquire("e").await.unwrap().unwrap();
+    let mut lease = g.lease().clone();
+    let err = strict
+        .extend(&mut lease, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    // A timeout not shorter than the op timeout is refused at build.
+    assert!(
+        RedisLock::builder(server.url())
+            .min_replicas(1, Duration::from_secs(5))
+            .build()
+            .is_err()
+    );
+}
+
+/// With a replica, grants are acknowledged: the replica holds the lock key when the grant
+/// returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_replica_a_grant_is_on_it_before_it_is_handed_out() {
+    let primary = RedisServer::start().unwrap();
+    let replica = RedisServer::builder()
+        .replica_of(primary.port())
+        .start()
+        .unwrap();
+    let lock = RedisLock::builder(primary.url())
+        .min_replicas(1, Duration::from_millis(500))
+        .build()
+        .unwrap();
+    // The replica may still be syncing: bounded retries.
+    let mut got = None;
+    for _ in 0..100 {
+        match lock.try_acquire("k").await {
+            Ok(g) => {
+                got = g;
+                break;
+            }
+            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let g = got.expect("granted once the replica is in sync");
+    assert_eq!(
+        replica.command(&["GET", "distkit:lock:{k}"]).unwrap(),
+        Reply::Bulk(g.token().to_string().into_bytes())
+    );
+    g.release().await.unwrap();
+}
+
+/// Sentinel: locks of every kind work, the primary is SIGKILLed, and after the promotion the
+/// service follows the new primary: grants resume, fencing tokens keep increasing, a waiter
+/// blocked through the failover is granted, and pub/sub hand-off is prompt again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_follow_a_sentinel_failover() {
+    let mut setup = SentinelSetup::start(2, 3).unwrap();
+    let lock = RedisLock::sentinel(SENTINEL_MASTER, setup.sentinel_urls())
+        .ttl(Duration::from_secs(5))
+        .op_timeout(Duration::from_millis(500))
+        .min_replicas(1, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    assert!(
+        lock.endpoint()
+            .starts_with("sentinel master distkit via 127.0.0.1:")
+    );
+    let before = lock.acquire("a", Duration::from_secs(5)).await.unwrap();
+    let fence_before = before.fencing_token();
+    before.release().await.unwrap();
+    // Held across the failover: its lease was acknowledged by a replica.
+    let held = lock.acquire("held", Duration::from_secs(5)).await.unwrap();
+    let blocked = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire("held", Duration::from_secs(30)).await }
+    });
+
+    let killed = setup.kill_primary().unwrap();
+    let at = Instant::now();
+    let promoted = setup
+        .wait_for_failover(killed, Duration::from_secs(30))
+        .unwrap();
+    let after = lock
+        .acquire("a", Duration::from_secs(30))
+        .await
+        .expect("grants resume on the new primary");
+    eprintln!(
+        "failover: {:?} from the kill to a grant on {promoted}",
+        at.elapsed()
+    );
+    assert!(
+        after.fencing_token() > fence_before,
+        "tokens keep increasing"
+    );
+    // The lease held through the failover survived the promotion: nobody else has it.
+    assert!(
+        held.is_held().await.unwrap(),
+        "the acknowledged lease survived"
+    );
+    assert!(!blocked.is_finished(), "the waiter did not get a held lock");
+    held.release().await.unwrap();
+    let waiter = blocked
+        .await
+        .unwrap()
+        .expect("the blocked waiter is granted");
+    waiter.release().await.unwrap();
+    after.release().await.unwrap();
+
+    // Pub/sub hand-off on the new primary.
+    let h = lock.acquire("h", Duration::from_secs(5)).await.unwrap();
+    let w = tokio::spawn({
+        let lock = lock.clone();
+        async move {
+            let g = lock.acquire("h", Duration::from_secs(10)).await.unwrap();
+            (Instant::now(), g)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let released = Instant::now();
+    h.release().await.unwrap();
+    let (got, g) = w.await.unwrap();
+    assert!(
+        got - released < Duration::from_millis(300),
+        "hand-off took {:?}",
+        got - released
+    );
+    g.release().await.unwrap();
+
+    // Every kind works on the new primary.
+    let fair = lock
+        .fair()
+        .acquire("f", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let rw = lock.rw();
+    let read = rw
+        .read_lock()
+        .acquire("r", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let sem = Arc::new(lock.semaphore(2).unwrap());
+    let two = sem
+        .acquire_permits("s", 2, AcquireOptions::new().wait(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    for g in [fair, read, two] {
+        assert!(g.release().await.unwrap());
+    }
+}
