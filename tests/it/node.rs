@@ -1771,3 +1771,50 @@ async fn the_lock_family_is_served_over_http_on_both_backends() {
         let _ = c.wait();
     }
 }
+
+/// A node pointed at a Redis Sentinel deployment (`--redis-sentinel`, `--redis-master`,
+/// `--redis-min-replicas 1`) serves locks, and keeps serving them through a SIGKILL of the
+/// primary: an acquire waiting through the failover is granted on the new primary with a
+/// larger fencing token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_redis_sentinel_serves_locks_through_a_failover() {
+    let mut setup = distkit_testkit::SentinelSetup::start(2, 3).unwrap();
+    let sentinels = setup.sentinel_urls().join(",");
+    let solo = Solo::start_with(&[
+        "--redis-sentinel",
+        &sentinels,
+        "--redis-master",
+        distkit_testkit::SENTINEL_MASTER,
+        "--redis-min-replicas",
+        "1",
+    ])
+    .await;
+    let pid = solo.child.id();
+    let (http, u) = (&solo.http, &solo.url);
+    let cluster: Value = send_json(http.get(format!("{u}/v1/cluster"))).await;
+    assert_eq!(cluster["lock_backend"], "redis-sentinel", "{cluster}");
+    let first: Value = send_json(
+        http.post(format!("{u}/v1/locks/ota"))
+            .json(&json!({"ttl_ms": 2000})),
+    )
+    .await;
+    let first_fence = first["fencing_token"].as_u64().expect("granted");
+    let killed = setup.kill_primary().unwrap();
+    // Waits through the failover: the acknowledged lease survives the promotion and runs
+    // out, then the lock is granted on the new primary. (When two sentinels promote two
+    // replicas, grants are refused until they agree, about 20 s: the wait allows a minute.)
+    let next = http
+        .post(format!("{u}/v1/locks/ota"))
+        .json(&json!({"ttl_ms": 2000, "wait_ms": 60000}))
+        .send()
+        .await
+        .unwrap();
+    let status = next.status();
+    let next: Value = next.json().await.unwrap();
+    assert_eq!(status, 200, "{next}");
+    assert!(next["fencing_token"].as_u64().unwrap() > first_fence);
+    assert_ne!(setup.primary_port(), Some(killed));
+    let _ = signal(pid, "KILL");
+    let mut child = solo.child;
+    let _ = child.wait();
+}

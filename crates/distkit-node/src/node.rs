@@ -264,25 +264,13 @@ pub async fn run(
             (Arc::new(plain), Some(family), "in-process")
         }
         LockBackend::Redis(url) => {
-            let redis = RedisLock::new(url.clone())?;
-            // Said at start, not at the first client's acquire: the node runs either way (the
-            // election and the cache need no Redis) and grants locks once Redis answers.
-            match tokio::time::timeout(Duration::from_secs(2), redis.ping()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(
-                    error = %e,
-                    "the lock backend does not answer yet; lock requests fail until it does"
-                ),
-                Err(_) => tracing::warn!(
-                    "the lock backend did not answer within 2 s; lock requests fail until it does"
-                ),
-            }
-            let family = Family {
-                fair: Arc::new(redis.fair()),
-                rw: Arc::new(redis.rw()),
-                semaphores: Arc::new(redis.semaphore(DEFAULT_PERMITS)?),
-            };
-            (Arc::new(redis), Some(family), "redis")
+            let (locks, family) = redis_locks(RedisLock::builder(url.clone()), &settings).await?;
+            (locks, family, "redis")
+        }
+        LockBackend::Sentinel { master, sentinels } => {
+            let builder = RedisLock::sentinel(master.clone(), sentinels.clone());
+            let (locks, family) = redis_locks(builder, &settings).await?;
+            (locks, family, "redis-sentinel")
         }
         LockBackend::Redlock(urls) => {
             if urls.len() < 3 {
@@ -498,6 +486,37 @@ pub async fn run(
     app.elector.shutdown().await;
     maintenance.shutdown().await;
     Ok(())
+}
+
+/// The lock service and the rest of its family on Redis (one server or Sentinel's primary).
+async fn redis_locks(
+    builder: distkit_dlock::RedisLockBuilder,
+    settings: &Settings,
+) -> Result<(Arc<dyn DistributedLock>, Option<Family>), Error> {
+    let builder = if settings.min_replicas > 0 {
+        builder.min_replicas(settings.min_replicas, Duration::from_millis(100))
+    } else {
+        builder
+    };
+    let redis = builder.build()?;
+    // Said at start, not at the first client's acquire: the node runs either way (the
+    // election and the cache need no Redis) and grants locks once Redis answers.
+    match tokio::time::timeout(Duration::from_secs(2), redis.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "the lock backend does not answer yet; lock requests fail until it does"
+        ),
+        Err(_) => tracing::warn!(
+            "the lock backend did not answer within 2 s; lock requests fail until it does"
+        ),
+    }
+    let family = Family {
+        fair: Arc::new(redis.fair()),
+        rw: Arc::new(redis.rw()),
+        semaphores: Arc::new(redis.semaphore(DEFAULT_PERMITS)?),
+    };
+    Ok((Arc::new(redis), Some(family)))
 }
 
 /// Takes the data directory's lock file (`LOCK`), or says which process holds it.

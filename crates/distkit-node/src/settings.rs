@@ -98,6 +98,18 @@ pub struct NodeArgs {
     /// Redis URLs for Redlock (comma-separated; use 3 or 5 independent servers).
     #[arg(long, env = "DISTKIT_REDLOCK", value_delimiter = ',')]
     pub redlock: Vec<String>,
+    /// Redis Sentinel URLs for the lock service (comma-separated, every sentinel); the locks
+    /// follow the primary they name for --redis-master.
+    #[arg(long, env = "DISTKIT_REDIS_SENTINEL", value_delimiter = ',')]
+    pub redis_sentinel: Vec<String>,
+    /// The master name the sentinels monitor (with --redis-sentinel).
+    #[arg(long, env = "DISTKIT_REDIS_MASTER")]
+    pub redis_master: Option<String>,
+    /// Replicas that must acknowledge every lock grant and extension (Redis WAIT, within
+    /// 100 ms); a grant fewer acknowledged is given back and answered 503. With Sentinel, 1
+    /// keeps grants through a promotion [default: 0].
+    #[arg(long, env = "DISTKIT_REDIS_MIN_REPLICAS")]
+    pub redis_min_replicas: Option<u32>,
     /// Directory for the durable election vote, created if missing [default:
     /// ./distkit-data/ID, or a fresh temporary directory with --dev].
     #[arg(long, env = "DISTKIT_DATA_DIR")]
@@ -189,6 +201,10 @@ struct LocksConfig {
     redis: Option<String>,
     #[serde(default)]
     redlock: Vec<String>,
+    #[serde(default)]
+    sentinels: Vec<String>,
+    master: Option<String>,
+    min_replicas: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +233,13 @@ pub enum LockBackend {
     Redis(String),
     /// Redlock over several.
     Redlock(Vec<String>),
+    /// The primary of a Redis Sentinel deployment.
+    Sentinel {
+        /// The master name the sentinels monitor.
+        master: String,
+        /// The sentinels' URLs.
+        sentinels: Vec<String>,
+    },
 }
 
 /// Resolved settings.
@@ -232,6 +255,8 @@ pub struct Settings {
     pub peers: Vec<(NodeId, String)>,
     /// Lock backend.
     pub locks: LockBackend,
+    /// Replicas that must acknowledge each grant and extension (Redis and Sentinel).
+    pub min_replicas: u32,
     /// Vote directory.
     pub data_dir: PathBuf,
     /// Cache capacity: bytes by default, entries when asked for.
@@ -376,17 +401,46 @@ impl Settings {
         } else {
             args.redlock.clone()
         };
-        let locks = match (args.redis.clone().or(file.locks.redis), redlock.is_empty()) {
-            (Some(_), false) => {
+        let sentinels = if args.redis_sentinel.is_empty() {
+            file.locks.sentinels
+        } else {
+            args.redis_sentinel.clone()
+        };
+        let master = args.redis_master.clone().or(file.locks.master);
+        let redis = args.redis.clone().or(file.locks.redis);
+        let locks = match (redis, redlock.is_empty(), sentinels.is_empty()) {
+            (Some(url), true, true) => LockBackend::Redis(url),
+            (None, false, true) => LockBackend::Redlock(redlock),
+            (None, true, false) => LockBackend::Sentinel {
+                master: master.ok_or_else(|| {
+                    Error::invalid_input(
+                        "locks",
+                        "--redis-sentinel needs --redis-master, the master name the sentinels \
+                         monitor",
+                    )
+                })?,
+                sentinels,
+            },
+            (None, true, true) => LockBackend::InProcess,
+            _ => {
                 return Err(Error::invalid_input(
                     "locks",
-                    "give either --redis or --redlock, not both",
+                    "give one of --redis, --redlock and --redis-sentinel",
                 ));
             }
-            (Some(url), true) => LockBackend::Redis(url),
-            (None, false) => LockBackend::Redlock(redlock),
-            (None, true) => LockBackend::InProcess,
         };
+        let min_replicas = args
+            .redis_min_replicas
+            .or(file.locks.min_replicas)
+            .unwrap_or(0);
+        if min_replicas > 0
+            && !matches!(locks, LockBackend::Redis(_) | LockBackend::Sentinel { .. })
+        {
+            return Err(Error::invalid_input(
+                "locks",
+                "--redis-min-replicas needs --redis or --redis-sentinel",
+            ));
+        }
         let mut dev_dir = None;
         let data_dir = match args.data_dir.clone().or(file.data_dir) {
             Some(d) => d,
@@ -428,6 +482,7 @@ impl Settings {
             token,
             peers,
             locks,
+            min_replicas,
             data_dir,
             cache_capacity: match (
                 args.cache_entries.or(file.cache.max_entries),
@@ -744,6 +799,57 @@ max_entries = 5
             ..NodeArgs::default()
         };
         assert!(Settings::resolve(&both).is_err());
+        let args =
+            |redis: bool, sentinel: bool, master: bool, redlock: bool, replicas: u32| NodeArgs {
+                id: Some("a".into()),
+                redis: redis.then(|| "redis://a/".into()),
+                redis_sentinel: if sentinel {
+                    vec!["redis://s1/".into(), "redis://s2/".into()]
+                } else {
+                    Vec::new()
+                },
+                redis_master: master.then(|| "m".into()),
+                redlock: if redlock {
+                    vec!["redis://b/".into()]
+                } else {
+                    Vec::new()
+                },
+                redis_min_replicas: Some(replicas),
+                ..NodeArgs::default()
+            };
+        let sentinel = Settings::resolve(&args(false, true, true, false, 1)).unwrap();
+        assert_eq!(
+            sentinel.locks,
+            LockBackend::Sentinel {
+                master: "m".into(),
+                sentinels: vec!["redis://s1/".into(), "redis://s2/".into()]
+            }
+        );
+        assert_eq!(sentinel.min_replicas, 1);
+        for (a, why) in [
+            (
+                args(false, true, false, false, 0),
+                "sentinels without a master name",
+            ),
+            (
+                args(true, true, true, false, 0),
+                "--redis and --redis-sentinel",
+            ),
+            (
+                args(false, true, true, true, 0),
+                "--redlock and --redis-sentinel",
+            ),
+            (
+                args(false, false, false, true, 1),
+                "min replicas on Redlock",
+            ),
+            (
+                args(false, false, false, false, 1),
+                "min replicas in-process",
+            ),
+        ] {
+            assert!(Settings::resolve(&a).is_err(), "{why}");
+        }
         let id = NodeArgs {
             id: Some(String::new()),
             ..NodeArgs::default()

@@ -127,8 +127,13 @@ enum Role {
     Primary,
     /// A replica of the server on this port.
     Replica(u16),
-    /// A sentinel watching the primary on this port as master `distkit`.
-    Sentinel(u16),
+    /// A sentinel watching the primary on `primary` as master `distkit`: it needs `quorum`
+    /// sentinels to agree the primary is down, and thinks it down after `down_after_ms`.
+    Sentinel {
+        primary: u16,
+        quorum: u8,
+        down_after_ms: u32,
+    },
 }
 
 /// Configures a [`RedisServer`] before it starts.
@@ -150,7 +155,11 @@ impl RedisServerBuilder {
     /// master [`SENTINEL_MASTER`], with a quorum of 2 and a primary declared down after
     /// 500 ms without an answer.
     pub fn sentinel_of(mut self, port: u16) -> Self {
-        self.role = Role::Sentinel(port);
+        self.role = Role::Sentinel {
+            primary: port,
+            quorum: 2,
+            down_after_ms: 500,
+        };
         self
     }
 
@@ -404,14 +413,19 @@ impl RedisServer {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let log = self.log_path().to_string_lossy().into_owned();
         let mut cmd = Command::new(&self.binary);
-        if let Role::Sentinel(primary) = self.role {
+        if let Role::Sentinel {
+            primary,
+            quorum,
+            down_after_ms,
+        } = self.role
+        {
             // A sentinel needs a config file it can rewrite.
             let conf = self.dir.path().join("sentinel.conf");
             let text = format!(
                 "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {log}\n\
                  sentinel resolve-hostnames no\n\
-                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} 2\n\
-                 sentinel down-after-milliseconds {SENTINEL_MASTER} 500\n\
+                 sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary} {quorum}\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} {down_after_ms}\n\
                  sentinel failover-timeout {SENTINEL_MASTER} 3000\n\
                  sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
             );
@@ -493,6 +507,13 @@ impl SentinelSetup {
     /// 30 s) until the replicas are in sync and every sentinel knows every replica and every
     /// other sentinel, so a failover can happen.
     ///
+    /// For failovers the tests can count on, the first sentinel notices a dead primary after
+    /// 500 ms and may act alone (quorum 1; it still needs a majority of the sentinels' votes
+    /// to fail over), the others only after 3 s: by then they have voted for the first, so
+    /// two sentinels do not promote two replicas in competing elections (which happened in
+    /// about half the runs with three equal sentinels, and took the sentinels some 20 s to
+    /// settle).
+    ///
     /// # Errors
     ///
     /// As for [`RedisServerBuilder::start`], and [`TestkitError::NotReady`] when the
@@ -505,7 +526,15 @@ impl SentinelSetup {
             servers.push(RedisServer::builder().replica_of(port).start()?);
         }
         let sentinels = (0..sentinels)
-            .map(|_| RedisServer::builder().sentinel_of(port).start())
+            .map(|i| {
+                let mut b = RedisServer::builder();
+                b.role = Role::Sentinel {
+                    primary: port,
+                    quorum: 1,
+                    down_after_ms: if i == 0 { 500 } else { 3000 },
+                };
+                b.start()
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let setup = Self { servers, sentinels };
         setup.wait_until(
@@ -578,30 +607,71 @@ impl SentinelSetup {
         Ok(port)
     }
 
-    /// Waits (at most `timeout`) until the sentinels name a primary other than `old` that
-    /// answers as a primary, and returns its port.
+    /// Waits (at most `timeout`) until the failover has settled and returns the new
+    /// primary's port: every sentinel names the same primary other than `old`, it answers as
+    /// a primary, and every other running data server replicates from it.
+    ///
+    /// Settled matters: when two sentinels win elections in different epochs, two replicas
+    /// are promoted and both act as primaries (for about 20 s here) until the sentinels
+    /// agree on the later one. A client must survive that window; a test that wants to
+    /// look at the outcome waits for this.
     ///
     /// # Errors
     ///
     /// [`TestkitError::NotReady`] when no failover completes in time.
     pub fn wait_for_failover(&self, old: u16, timeout: Duration) -> Result<u16, TestkitError> {
         let mut found = None;
-        self.wait_until(timeout, "a replica promoted", |s| {
-            found = s.primary_port().filter(|p| *p != old).filter(|p| {
-                s.servers.iter().any(|srv| {
-                    srv.port() == *p
-                        && srv
-                            .command(&["ROLE"])
-                            .ok()
-                            .is_some_and(|r| matches!(r, Reply::Array(v) if v.first().and_then(Reply::as_text).as_deref() == Some("master")))
-                })
-            });
-            found.is_some()
-        })?;
+        self.wait_until(
+            timeout,
+            "a replica promoted and the rest following it",
+            |s| {
+                found = s.settled_primary().filter(|p| *p != old);
+                found.is_some()
+            },
+        )?;
         found.ok_or_else(|| TestkitError::NotReady {
             port: old,
             reason: "no primary after the failover".into(),
         })
+    }
+
+    /// The primary when every sentinel names it, it is the only running data server that
+    /// answers as a primary, and the others replicate from it.
+    fn settled_primary(&self) -> Option<u16> {
+        let named: Vec<Option<u16>> = self
+            .sentinels
+            .iter()
+            .map(
+                |s| match s.command(&["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER]) {
+                    Ok(Reply::Array(v)) if v.len() == 2 => v[1].as_text()?.parse().ok(),
+                    _ => None,
+                },
+            )
+            .collect();
+        let primary = named.first().copied().flatten()?;
+        if named.iter().any(|p| *p != Some(primary)) {
+            return None;
+        }
+        let mut saw_primary = false;
+        for srv in &self.servers {
+            let Ok(Reply::Array(role)) = srv.command(&["ROLE"]) else {
+                continue; // not running
+            };
+            let kind = role.first().and_then(Reply::as_text);
+            if srv.port() == primary {
+                saw_primary = kind.as_deref() == Some("master");
+            } else {
+                let follows = kind.as_deref() == Some("slave")
+                    && role.get(2).and_then(|p| match p {
+                        Reply::Integer(n) => u16::try_from(*n).ok(),
+                        other => other.as_text()?.parse().ok(),
+                    }) == Some(primary);
+                if !follows {
+                    return None;
+                }
+            }
+        }
+        saw_primary.then_some(primary)
     }
 
     fn wait_until(

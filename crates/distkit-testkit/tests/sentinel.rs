@@ -11,7 +11,7 @@ fn a_killed_primary_is_replaced_by_a_replica_that_takes_writes() {
     assert_eq!(first, setup.servers[0].port());
     let killed = setup.kill_primary().unwrap();
     let next = setup
-        .wait_for_failover(killed, Duration::from_secs(20))
+        .wait_for_failover(killed, Duration::from_secs(60))
         .unwrap();
     assert_ne!(next, killed);
     let primary = setup.server_on(next).unwrap();

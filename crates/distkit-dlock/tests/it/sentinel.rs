@@ -114,13 +114,14 @@ async fn locks_follow_a_sentinel_failover() {
     let held = lock.acquire("held", Duration::from_secs(5)).await.unwrap();
     let blocked = tokio::spawn({
         let lock = lock.clone();
-        async move { lock.acquire("held", Duration::from_secs(30)).await }
+        async move { lock.acquire("held", Duration::from_secs(90)).await }
     });
 
     let killed = setup.kill_primary().unwrap();
     let at = Instant::now();
+    // Settled: when two sentinels promote two replicas, they take about 20 s to agree.
     let promoted = setup
-        .wait_for_failover(killed, Duration::from_secs(30))
+        .wait_for_failover(killed, Duration::from_secs(60))
         .unwrap();
     let after = lock
         .acquire("a", Duration::from_secs(30))
