@@ -14,6 +14,13 @@
 //! writer is inside and that its token is above the last write's. `semaphore` (3 permits):
 //! holders count themselves in `NAME:inside`; more than 3 at once is a violation.
 //!
+//! `dlock-worker sentinel MASTER SENTINELS STORE NAME TASKS SECONDS MIN_REPLICAS`: TASKS
+//! tasks take the lock of the Sentinel deployment (SENTINELS comma-separated) for SECONDS,
+//! through whatever failovers happen, each time marking themselves inside at the store (a
+//! separate server): finding someone else inside, or a fencing token below the last one,
+//! counts a violation (`NAME:violations`: a grant lost to a promotion). Prints `grants N
+//! last_grant_ms M` (M: ms since start of the last grant of any task).
+//!
 //! `dlock-worker hold-KIND URL NAME TTL_MS` (KIND `fair`, `read`, `write`, `semaphore`): holds
 //! one grant of that kind (a semaphore of 1 permit) and sleeps until killed.
 
@@ -48,6 +55,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tasks,
             iterations,
         ] => family(kind, url, name, tasks.parse()?, iterations.parse()?).await,
+        [
+            "sentinel",
+            master,
+            sentinels,
+            store,
+            name,
+            tasks,
+            secs,
+            replicas,
+        ] => {
+            sentinel(
+                master,
+                sentinels,
+                store,
+                name,
+                tasks.parse()?,
+                Duration::from_secs_f64(secs.parse()?),
+                replicas.parse()?,
+            )
+            .await
+        }
         [kind, url, name, ttl_ms] if kind.starts_with("hold-") => {
             hold_kind(&kind["hold-".len()..], url, name, ttl_ms.parse()?).await
         }
@@ -228,5 +256,80 @@ async fn hold_kind(
     let guard = backend.acquire(name, Duration::from_secs(10)).await?;
     println!("held {}", guard.fencing_token());
     std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn sentinel(
+    master: &str,
+    sentinels: &str,
+    store: &str,
+    name: &str,
+    tasks: usize,
+    run: Duration,
+    replicas: u32,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut builder = RedisLock::sentinel(master, sentinels.split(','))
+        .ttl(Duration::from_secs(2))
+        .op_timeout(Duration::from_millis(500));
+    if replicas > 0 {
+        builder = builder.min_replicas(replicas, Duration::from_millis(200));
+    }
+    let lock = builder.build()?;
+    let client = redis::Client::open(store)?;
+    let start = std::time::Instant::now();
+    let last_grant = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let grants = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (lock, last_grant, grants) = (lock.clone(), last_grant.clone(), grants.clone());
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let name = name.to_owned();
+        handles.push(tokio::spawn(async move {
+            while start.elapsed() < run {
+                // Failovers make acquires fail for a while: retryable errors are retried.
+                let Ok(g) = lock.acquire(&name, Duration::from_secs(2)).await else {
+                    continue;
+                };
+                grants.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                last_grant.fetch_max(
+                    start.elapsed().as_millis() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                let fence = g.fencing_token().get();
+                let entered: bool = redis::cmd("SET")
+                    .arg(format!("{name}:inside"))
+                    .arg(1)
+                    .arg("NX")
+                    .query_async::<Option<String>>(&mut conn)
+                    .await?
+                    .is_some();
+                let last: u64 = conn
+                    .get::<_, Option<u64>>(format!("{name}:last_fence"))
+                    .await?
+                    .unwrap_or(0);
+                if !entered || fence <= last {
+                    let _: u64 = conn.incr(format!("{name}:violations"), 1).await?;
+                }
+                let _: () = conn
+                    .set(format!("{name}:last_fence"), fence.max(last))
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if entered {
+                    let _: () = conn.del(format!("{name}:inside")).await?;
+                }
+                // A release that fails (the primary just died) is retried in the background.
+                let _ = g.release().await;
+            }
+            Ok::<(), BoxError>(())
+        }));
+    }
+    for h in handles {
+        h.await?.map_err(|e| e.to_string())?;
+    }
+    println!(
+        "grants {} last_grant_ms {}",
+        grants.load(std::sync::atomic::Ordering::Relaxed),
+        last_grant.load(std::sync::atomic::Ordering::Relaxed)
+    );
     Ok(())
 }
