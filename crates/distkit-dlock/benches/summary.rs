@@ -325,6 +325,84 @@ async fn run() {
         "Redlock(5) p50 / one-server p50",
         "<= 1.3",
     );
+    // Replica acknowledgement: a pair with min_replicas(1) against a pair without, on a
+    // primary with one replica.
+    let replica = RedisServer::builder()
+        .replica_of(redis.port())
+        .start()
+        .unwrap();
+    let acked = RedisLock::builder(url.clone())
+        .ttl(Duration::from_secs(10))
+        .min_replicas(1, Duration::from_millis(500))
+        .build()
+        .unwrap();
+    // Until the replica is in sync, grants are refused: bounded wait.
+    for _ in 0..200 {
+        if let Ok(Some(g)) = acked.try_acquire("warm-w").await {
+            g.release().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (mut plain_pairs, mut acked_pairs) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..300 {
+            let t = Instant::now();
+            let g = lock.try_acquire("pair-w").await.unwrap().unwrap();
+            g.release().await.unwrap();
+            a.push(us(t));
+            let t = Instant::now();
+            let g = acked.try_acquire("pair-w").await.unwrap().unwrap();
+            g.release().await.unwrap();
+            b.push(us(t));
+        }
+        plain_pairs.push(median(&mut a));
+        acked_pairs.push(median(&mut b));
+    }
+    let (plain_pair, acked_pair) = (median(&mut plain_pairs), median(&mut acked_pairs));
+    r.figure(
+        "wait1_pair_ratio",
+        acked_pair / plain_pair,
+        &format!(
+            "pair with min_replicas(1) / pair without, one replica on loopback ({acked_pair:.1} vs {plain_pair:.1} us: the WAIT for the replica's acknowledgement adds {:.1} us, its replication round trip)",
+            acked_pair - plain_pair
+        ),
+    );
+    drop(replica);
+
+    // Sentinel failovers under the fenced workload, without and with min_replicas(1).
+    let failovers: usize = std::env::var("DISTKIT_BENCH_FAILOVERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10);
+    let mut unavailable = Vec::new();
+    for replicas in [0u32, 1] {
+        let mut lost = 0u64;
+        for _ in 0..failovers {
+            let (ms, l) = failover_run(replicas).await;
+            unavailable.push(ms);
+            lost += l;
+        }
+        put(
+            &mut r,
+            &format!("sentinel_lost_grants_wait{replicas}"),
+            lost as f64,
+            &format!(
+                "grants lost to promotions over {failovers} SIGKILLs of the primary (1 primary, 2 replicas, 3 sentinels; 8 tasks on one lock; two holders inside at once or a fencing token going back)"
+            ),
+            if replicas == 1 { "0" } else { "" },
+        );
+    }
+    let mut u = unavailable.clone();
+    r.figure(
+        "sentinel_failover_unavailable_ms",
+        median(&mut u),
+        &format!(
+            "from the primary's SIGKILL to the next grant, median of {} failovers (the sentinels declare it down after 500 ms)",
+            unavailable.len()
+        ),
+    );
     r.note("All servers are private redis-server processes on loopback, started by the testkit.");
     r.note("Hand-offs are measured inside one process between two lock clients with separate connections.");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -539,4 +617,81 @@ fn put(r: &mut Report, name: &str, value: f64, what: &str, target: &str) {
     } else {
         r.target(name, value, what, target);
     }
+}
+
+/// One SIGKILL of the primary of a fresh Sentinel deployment while 8 tasks take one lock:
+/// milliseconds from the kill to the next grant, and the grants lost (two tasks inside at
+/// once, or a fencing token not above the last).
+async fn failover_run(min_replicas: u32) -> (f64, u64) {
+    use std::sync::Mutex;
+    let mut setup = distkit_testkit::SentinelSetup::start(2, 3).expect("sentinel setup");
+    let mut builder = RedisLock::sentinel(distkit_testkit::SENTINEL_MASTER, setup.sentinel_urls())
+        .ttl(Duration::from_secs(2))
+        .op_timeout(Duration::from_millis(500));
+    if min_replicas > 0 {
+        builder = builder.min_replicas(min_replicas, Duration::from_millis(200));
+    }
+    let lock = builder.build().unwrap();
+    let inside = Arc::new(Mutex::new((false, 0u64)));
+    let lost = Arc::new(AtomicU64::new(0));
+    let killed_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let first_after: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (lock, inside, lost, stop) =
+                (lock.clone(), inside.clone(), lost.clone(), stop.clone());
+            let (killed_at, first_after) = (killed_at.clone(), first_after.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(g) = lock.acquire("fo", Duration::from_secs(2)).await else {
+                        continue;
+                    };
+                    let now = Instant::now();
+                    if killed_at.lock().unwrap().is_some_and(|k| now > k) {
+                        first_after.lock().unwrap().get_or_insert(now);
+                    }
+                    let fence = g.fencing_token().get();
+                    {
+                        let mut s = inside.lock().unwrap();
+                        if s.0 || fence <= s.1 {
+                            lost.fetch_add(1, Ordering::Relaxed);
+                        }
+                        *s = (true, s.1.max(fence));
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    inside.lock().unwrap().0 = false;
+                    let _ = g.release().await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let port = setup.kill_primary().unwrap();
+    *killed_at.lock().unwrap() = Some(Instant::now());
+    let settle = tokio::task::spawn_blocking(move || {
+        let r = setup.wait_for_failover(port, Duration::from_secs(60));
+        (setup, r)
+    });
+    let (setup, settled) = settle.await.unwrap();
+    settled.expect("the failover settles");
+    // Bounded: at most 30 s for the first grant after the kill.
+    for _ in 0..300 {
+        if first_after.lock().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(setup);
+    let killed = killed_at.lock().unwrap().expect("killed");
+    let ms = first_after
+        .lock()
+        .unwrap()
+        .map_or(f64::NAN, |t| (t - killed).as_secs_f64() * 1e3);
+    (ms, lost.load(Ordering::Relaxed))
 }

@@ -84,6 +84,55 @@ impl LeaseElection {
             .build()?;
         let client = redis::Client::open(url)
             .map_err(|e| Error::invalid_input("redis url", e.to_string()))?;
+        Self::campaign(lock, Primary::Single(client), group, id, lease)
+    }
+
+    /// As [`start`](Self::start), on the primary of `master` in a Redis Sentinel deployment
+    /// found through `sentinels`. Through a failover the leader keeps leading when its
+    /// renewals reach the new primary within its lease; otherwise it steps down as its lease
+    /// runs out and a leader is elected on the new primary with a larger term (the term is
+    /// the lock's fencing token, floored by the server's clock). Two leaders never share a
+    /// term.
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start), and [`Error::InvalidInput`] for no sentinel.
+    pub fn start_sentinel<S: Into<String>>(
+        master: &str,
+        sentinels: impl IntoIterator<Item = S>,
+        group: &str,
+        id: NodeId,
+        lease: Duration,
+    ) -> Result<Self, Error> {
+        let sentinels: Vec<String> = sentinels.into_iter().map(Into::into).collect();
+        let lock = RedisLock::sentinel(master, sentinels.clone())
+            .ttl(lease)
+            .key_prefix("distkit:election:")
+            .op_timeout(lease / 3)
+            .build()?;
+        let client = redis::sentinel::SentinelClient::build(
+            sentinels,
+            master.to_owned(),
+            None,
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(|e| Error::invalid_input("sentinels", e.to_string()))?;
+        Self::campaign(
+            lock,
+            Primary::Sentinel(tokio::sync::Mutex::new(client)),
+            group,
+            id,
+            lease,
+        )
+    }
+
+    fn campaign(
+        lock: RedisLock,
+        client: Primary,
+        group: &str,
+        id: NodeId,
+        lease: Duration,
+    ) -> Result<Self, Error> {
         if group.is_empty() || group.contains(['{', '}']) || group.chars().any(char::is_control) {
             return Err(Error::invalid_input(
                 "election group",
@@ -171,9 +220,24 @@ impl LeaderElector for LeaseElection {
     }
 }
 
+/// Where the leader key is written: the server, or the primary Sentinel names now.
+enum Primary {
+    Single(redis::Client),
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+impl Primary {
+    async fn connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        match self {
+            Self::Single(c) => c.get_multiplexed_async_connection().await,
+            Self::Sentinel(s) => s.lock().await.get_async_connection().await,
+        }
+    }
+}
+
 struct Campaign {
     lock: RedisLock,
-    client: redis::Client,
+    client: Primary,
     group: String,
     leader_key: String,
     id: NodeId,
@@ -290,11 +354,10 @@ impl Campaign {
         conn: &mut Option<redis::aio::MultiplexedConnection>,
     ) -> Option<redis::aio::MultiplexedConnection> {
         if conn.is_none() {
-            *conn =
-                tokio::time::timeout(self.lease, self.client.get_multiplexed_async_connection())
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
+            *conn = tokio::time::timeout(self.lease, self.client.connect())
+                .await
+                .ok()
+                .and_then(Result::ok);
         }
         conn.clone()
     }

@@ -134,3 +134,66 @@ fn bad_settings() {
         assert!(LeaseElection::start("redis://127.0.0.1:1/", "g", id, Duration::ZERO).is_err());
     });
 }
+
+/// Over Redis Sentinel: three members elect a leader, the primary is SIGKILLed, and after the
+/// promotion a leader leads again (the old one, or a new one once the old lease ran out);
+/// sampled every 5 ms throughout, no term ever has two leaders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_election_over_sentinel_survives_a_failover_with_one_leader_per_term() {
+    use std::collections::HashMap;
+    let mut setup = distkit_testkit::SentinelSetup::start(2, 3).unwrap();
+    let lease = Duration::from_millis(600);
+    let ms: Vec<LeaseElection> = (0..3)
+        .map(|i| {
+            LeaseElection::start_sentinel(
+                distkit_testkit::SENTINEL_MASTER,
+                setup.sentinel_urls(),
+                "fo",
+                NodeId::new(format!("m{i}")).unwrap(),
+                lease,
+            )
+            .unwrap()
+        })
+        .collect();
+    let (first, _) = wait_leader(&ms, None, Duration::from_secs(10)).await;
+    let first_term = ms[first].leadership().term;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (ms, stop) = (ms.clone(), stop.clone());
+        async move {
+            let mut leaders: HashMap<u64, String> = HashMap::new();
+            // Bounded: at most 60 s of samples.
+            for _ in 0..12_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                for m in &ms {
+                    let l = m.leadership();
+                    if l.is_leader() {
+                        let id = m.id().to_string();
+                        let prev = leaders.entry(l.term.get()).or_insert_with(|| id.clone());
+                        assert_eq!(*prev, id, "two leaders of term {}", l.term.get());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            leaders
+        }
+    });
+    let killed = setup.kill_primary().unwrap();
+    let settled = tokio::task::spawn_blocking(move || {
+        let r = setup.wait_for_failover(killed, Duration::from_secs(60));
+        (setup, r)
+    });
+    let (_setup, r) = settled.await.unwrap();
+    r.unwrap();
+    // A leader within the lease (plus a few renewals) after the promotion settled.
+    let (now, _) = wait_leader(&ms, None, Duration::from_secs(5)).await;
+    assert!(ms[now].leadership().term >= first_term);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let leaders = sampler.await.expect("no term had two leaders");
+    assert!(!leaders.is_empty());
+    for m in &ms {
+        m.shutdown().await;
+    }
+}
