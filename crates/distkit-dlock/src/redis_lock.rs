@@ -8,14 +8,13 @@ use async_trait::async_trait;
 use distkit_core::{
     AcquireOptions, DistributedLock, Error, FencingToken, Lease, LockGuard, LockToken,
 };
-use redis::aio::MultiplexedConnection;
 
 use crate::errors::from_redis;
 use crate::family::{Handle, Kind, RedisFairLock, RedisRwLock, RedisSemaphore, Target};
 use crate::name::{Keys, validate};
 use crate::notify::{Notifier, Registration};
 use crate::scripts;
-use crate::topology::{Pool, Pooled, Topology};
+use crate::topology::{Conn, Pool, Pooled, Topology};
 use crate::util::{Backoff, Deadline, guard, random_token, validate_ttl};
 
 /// Default lease length (Redisson's watchdog default).
@@ -204,6 +203,12 @@ impl RedisLockBuilder {
                 ),
             ));
         }
+        if self.min_replicas > 0 && matches!(self.topology, Topology::Cluster(_)) {
+            return Err(Error::invalid_input(
+                "min replicas",
+                "replica acknowledgement is not offered on a Redis Cluster yet",
+            ));
+        }
         let (pool, pubsub, endpoint) = self.topology.connect(self.pool_size, self.op_timeout)?;
         Ok(RedisLock {
             inner: Arc::new(Inner {
@@ -282,7 +287,7 @@ struct Inner {
 }
 
 struct Live {
-    mux: MultiplexedConnection,
+    mux: Conn,
     _pooled: Pooled,
 }
 
@@ -315,6 +320,22 @@ impl RedisLock {
             master: master.into(),
             sentinels: sentinels.into_iter().map(Into::into).collect(),
         })
+    }
+
+    /// Configures a lock service for a Redis Cluster reached through `nodes` (`redis://host:
+    /// port/` each; a few, in case one is down).
+    ///
+    /// The redis crate's cluster connection routes each script to the primary owning its
+    /// slot and follows `MOVED` and `ASK` while slots migrate; every key of one lock shares
+    /// the `{name}` hash tag, so a lock's scripts touch one slot. A script that meets a slot
+    /// in the middle of a migration (`TRYAGAIN`) is a retryable error. Release wake-ups use
+    /// pub/sub on any node (a cluster delivers every `PUBLISH` to every node).
+    /// [`min_replicas`](RedisLockBuilder::min_replicas) is not offered on a cluster yet
+    /// (`WAIT` must reach the primary that took the write).
+    pub fn cluster<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> RedisLockBuilder {
+        Self::configure(Topology::Cluster(
+            nodes.into_iter().map(Into::into).collect(),
+        ))
     }
 
     fn configure(topology: Topology) -> RedisLockBuilder {
@@ -544,19 +565,17 @@ impl RedisLock {
         Ok(v.map(FencingToken::new))
     }
 
-    /// A clone of the live multiplexed connection, checking one out of the pool when there is
-    /// none (first use, or after a failure dropped it).
-    async fn conn(&self) -> Result<MultiplexedConnection, Error> {
+    /// A clone of the live connection (multiplexed, or a cluster's), checking one out of the
+    /// pool when there is none (first use, or after a failure dropped it).
+    async fn conn(&self) -> Result<Conn, Error> {
         if let Some(live) = self.live().as_ref() {
             return Ok(live.mux.clone());
         }
-        let (mut mux, pooled) = self
+        let (mux, pooled) = self
             .inner
             .pool
             .get(&self.inner.endpoint, self.inner.op_timeout)
             .await?;
-        // The configured limit, not the client's own 500 ms default, cuts every command.
-        mux.set_response_timeout(self.inner.op_timeout);
         let mut live = self.live();
         if live.is_none() {
             *live = Some(Live {
@@ -723,7 +742,7 @@ impl RedisLock {
 
     /// With [`min_replicas`](RedisLockBuilder::min_replicas): waits until that many replicas
     /// acknowledged what this connection wrote, or says how many did.
-    async fn replicated(&self, conn: &mut MultiplexedConnection, what: &str) -> Result<(), Error> {
+    async fn replicated(&self, conn: &mut Conn, what: &str) -> Result<(), Error> {
         let want = self.inner.min_replicas;
         if want == 0 {
             return Ok(());
@@ -759,7 +778,7 @@ impl RedisLock {
 
 /// Releases a grant whose caller went away before seeing it.
 struct PendingGrant {
-    release: Option<(MultiplexedConnection, redis::ScriptInvocation<'static>)>,
+    release: Option<(Conn, redis::ScriptInvocation<'static>)>,
 }
 
 impl PendingGrant {

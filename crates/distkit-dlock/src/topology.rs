@@ -1,17 +1,22 @@
-//! Where a `RedisLock`'s Redis is: one server, or the primary that Redis Sentinel names.
+//! Where a `RedisLock`'s Redis is: one server, the primary that Redis Sentinel names, or a
+//! Redis Cluster.
 //!
-//! Both give the lock the same two things: a pool of multiplexed connections to the primary,
-//! and a client for the pub/sub connection. With Sentinel both ask the sentinels for the
-//! primary each time they connect, so after a promotion the next connection (a failed one is
-//! dropped at once) goes to the new primary, and the waiters' subscriptions move with it.
+//! Each gives the lock the same two things: a pool of connections that carry its commands
+//! ([`Conn`]), and a client for the pub/sub connection. With Sentinel both ask the sentinels
+//! for the primary each time they connect, so after a promotion the next connection (a failed
+//! one is dropped at once) goes to the new primary, and the waiters' subscriptions move with
+//! it. With Cluster the redis crate's cluster connection routes each script by its keys (one
+//! lock's keys share a hash tag, so one slot) and follows MOVED and ASK; pub/sub uses any
+//! node, since a cluster delivers every PUBLISH to every node.
 
 use std::time::Duration;
 
 use distkit_core::Error;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 
-use crate::errors::{from_pool, from_redis};
+use crate::errors::from_pool;
 
 /// The deployment a lock service talks to.
 #[derive(Clone, Debug)]
@@ -23,12 +28,53 @@ pub(crate) enum Topology {
         master: String,
         sentinels: Vec<String>,
     },
+    /// A Redis Cluster reached through these seed nodes.
+    Cluster(Vec<String>),
+}
+
+/// A connection that carries commands: to one server, or to a cluster (routed per command).
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// Connections to the primary.
 pub(crate) enum Pool {
     Single(deadpool_redis::Pool),
     Sentinel(deadpool_redis::sentinel::Pool),
+    Cluster(deadpool_redis::cluster::Pool),
 }
 
 /// A connection checked out of a [`Pool`]; it goes back when dropped.
@@ -36,12 +82,15 @@ pub(crate) enum Pooled {
     // Held only to keep the connection checked out.
     Single(#[allow(dead_code)] deadpool_redis::Connection),
     Sentinel(#[allow(dead_code)] deadpool_redis::sentinel::Connection),
+    Cluster(#[allow(dead_code)] deadpool_redis::cluster::Connection),
 }
 
 /// Where the pub/sub connection goes.
 pub(crate) enum PubSubSource {
     Single(redis::Client),
     Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// Any node of a cluster: each reconnection tries the next.
+    Cluster(Vec<redis::Client>, std::sync::atomic::AtomicUsize),
 }
 
 impl std::fmt::Debug for PubSubSource {
@@ -49,6 +98,7 @@ impl std::fmt::Debug for PubSubSource {
         f.write_str(match self {
             Self::Single(_) => "PubSubSource::Single",
             Self::Sentinel(_) => "PubSubSource::Sentinel",
+            Self::Cluster(..) => "PubSubSource::Cluster",
         })
     }
 }
@@ -59,6 +109,10 @@ impl PubSubSource {
         match self {
             Self::Single(c) => Ok(c.clone()),
             Self::Sentinel(s) => s.lock().await.async_get_client().await,
+            Self::Cluster(nodes, next) => {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(nodes[i % nodes.len()].clone())
+            }
         }
     }
 }
@@ -130,6 +184,32 @@ impl Topology {
                     endpoint,
                 ))
             }
+            Self::Cluster(nodes) => {
+                if nodes.is_empty() {
+                    return Err(Error::invalid_input(
+                        "cluster nodes",
+                        "give at least one node URL (several, in case one is down)",
+                    ));
+                }
+                let mut clients = Vec::with_capacity(nodes.len());
+                let mut addrs = Vec::with_capacity(nodes.len());
+                for url in nodes {
+                    let c = redis::Client::open(url.as_str()).map_err(bad_url)?;
+                    addrs.push(c.get_connection_info().addr().to_string());
+                    clients.push(c);
+                }
+                let mut cfg = deadpool_redis::cluster::Config::from_urls(nodes.clone());
+                cfg.pool = Some(pool_cfg);
+                let pool = cfg
+                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                    .map_err(|e| Error::invalid_input("cluster nodes", e.to_string()))?;
+                let endpoint = format!("cluster via {}", addrs.join(","));
+                Ok((
+                    Pool::Cluster(pool),
+                    PubSubSource::Cluster(clients, std::sync::atomic::AtomicUsize::new(0)),
+                    endpoint,
+                ))
+            }
         }
     }
 }
@@ -141,31 +221,25 @@ impl Pool {
         &self,
         endpoint: &str,
         op_timeout: Duration,
-    ) -> Result<(MultiplexedConnection, Pooled), Error> {
+    ) -> Result<(Conn, Pooled), Error> {
+        let failed = |e| from_pool(endpoint, op_timeout, e);
         match self {
             Self::Single(p) => {
-                let c = p
-                    .get()
-                    .await
-                    .map_err(|e| from_pool(endpoint, op_timeout, e))?;
-                Ok(((*c).clone(), Pooled::Single(c)))
+                let c = p.get().await.map_err(failed)?;
+                let mut mux = (*c).clone();
+                // The configured limit, not the client's own 500 ms default, cuts commands.
+                mux.set_response_timeout(op_timeout);
+                Ok((Conn::Single(mux), Pooled::Single(c)))
             }
             Self::Sentinel(p) => {
-                let c = p.get().await.map_err(|e| match e {
-                    deadpool_redis::sentinel::PoolError::Backend(e) => {
-                        from_redis(endpoint, op_timeout, e)
-                    }
-                    deadpool_redis::sentinel::PoolError::Timeout(_) => Error::Timeout {
-                        operation: "getting a redis connection",
-                        after: op_timeout,
-                    },
-                    other => Error::unavailable(
-                        format!("redis at {endpoint}"),
-                        "no connection to the primary could be made",
-                        other,
-                    ),
-                })?;
-                Ok(((*c).clone(), Pooled::Sentinel(c)))
+                let c = p.get().await.map_err(failed)?;
+                let mut mux = (*c).clone();
+                mux.set_response_timeout(op_timeout);
+                Ok((Conn::Single(mux), Pooled::Sentinel(c)))
+            }
+            Self::Cluster(p) => {
+                let c = p.get().await.map_err(failed)?;
+                Ok((Conn::Cluster((*c).clone()), Pooled::Cluster(c)))
             }
         }
     }

@@ -127,6 +127,8 @@ enum Role {
     Primary,
     /// A replica of the server on this port.
     Replica(u16),
+    /// A node of a Redis Cluster (`--cluster-enabled yes`).
+    ClusterNode,
     /// A sentinel watching the primary on `primary` as master `distkit`: it needs `quorum`
     /// sentinels to agree the primary is down, and thinks it down after `down_after_ms`.
     Sentinel {
@@ -444,6 +446,12 @@ impl RedisServer {
             if let Role::Replica(primary) = self.role {
                 cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
             }
+            if let Role::ClusterNode = self.role {
+                let conf = self.dir.path().join("nodes.conf");
+                cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                    .arg("--cluster-config-file")
+                    .arg(conf);
+            }
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -691,6 +699,149 @@ impl SentinelSetup {
             port: self.servers[0].port(),
             reason: format!("the sentinel setup did not reach: {what} within {timeout:?}"),
         })
+    }
+}
+
+/// A Redis Cluster on loopback: `primaries` primaries with `replicas` replicas each, joined
+/// by `redis-cli --cluster create` (Debian's redis-server package brings redis-cli).
+#[derive(Debug)]
+pub struct RedisCluster {
+    /// Every node, in the order given to `redis-cli --cluster create` (primaries first).
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster (the 16384 slots spread evenly over the
+    /// primaries) and waits (at most 30 s) until every node reports `cluster_state:ok`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RedisServerBuilder::start`]; [`TestkitError::NotReady`] when `redis-cli`
+    /// fails or the cluster does not come up.
+    pub fn start(primaries: usize, replicas: usize) -> Result<Self, TestkitError> {
+        let nodes = (0..primaries * (1 + replicas))
+            .map(|_| {
+                let mut b = RedisServer::builder();
+                b.role = Role::ClusterNode;
+                b.start()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let cluster = Self { nodes };
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port())),
+        );
+        args.extend(["--cluster-replicas".into(), replicas.to_string()]);
+        args.push("--cluster-yes".into());
+        cluster.cli(&args)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.nodes.iter().all(|n| {
+            n.command(&["CLUSTER", "INFO"])
+                .ok()
+                .and_then(|r| r.as_text())
+                .is_some_and(|t| t.contains("cluster_state:ok"))
+        }) {
+            if Instant::now() > deadline {
+                return Err(TestkitError::NotReady {
+                    port: cluster.nodes[0].port(),
+                    reason: "the cluster did not reach cluster_state:ok within 30 s".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(cluster)
+    }
+
+    /// The nodes' URLs.
+    #[must_use]
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The port of the primary that owns `key`'s slot (asked of the first node).
+    #[must_use]
+    pub fn owner_of(&self, key: &str) -> Option<u16> {
+        let slot = match self.nodes[0].command(&["CLUSTER", "KEYSLOT", key]).ok()? {
+            Reply::Integer(n) => n,
+            _ => return None,
+        };
+        let Reply::Array(ranges) = self.nodes[0].command(&["CLUSTER", "SLOTS"]).ok()? else {
+            return None;
+        };
+        ranges.iter().find_map(|r| {
+            let Reply::Array(r) = r else { return None };
+            let (Reply::Integer(lo), Reply::Integer(hi)) = (r.first()?, r.get(1)?) else {
+                return None;
+            };
+            if !(*lo..=*hi).contains(&slot) {
+                return None;
+            }
+            let Reply::Array(primary) = r.get(2)? else {
+                return None;
+            };
+            match primary.get(1)? {
+                Reply::Integer(p) => u16::try_from(*p).ok(),
+                _ => None,
+            }
+        })
+    }
+
+    /// Runs `redis-cli` with `args` (for `--cluster reshard` and the like), bounded to 60 s.
+    ///
+    /// # Errors
+    ///
+    /// [`TestkitError::NotReady`] when it fails or does not finish in time.
+    pub fn cli(&self, args: &[String]) -> Result<String, TestkitError> {
+        let cli = self
+            .nodes
+            .first()
+            .map(|n| n.binary.with_file_name("redis-cli"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("redis-cli"));
+        let child = Command::new(cli)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| TestkitError::Process {
+                action: "spawn redis-cli for",
+                source,
+            })?;
+        let pid = child.id();
+        // Read while it runs (a reshard prints a line per slot, more than a pipe holds).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(out) => out.map_err(|source| TestkitError::Process {
+                action: "read redis-cli for",
+                source,
+            })?,
+            Err(_) => {
+                let _ = signal(pid, "KILL");
+                return Err(TestkitError::NotReady {
+                    port: self.nodes[0].port(),
+                    reason: format!("redis-cli {args:?} did not finish within 60 s"),
+                });
+            }
+        };
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(TestkitError::NotReady {
+                port: self.nodes[0].port(),
+                reason: format!(
+                    "redis-cli {args:?} failed: {} {}",
+                    text.lines().last().unwrap_or(""),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            });
+        }
+        Ok(text)
     }
 }
 

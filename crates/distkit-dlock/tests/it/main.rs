@@ -1,6 +1,7 @@
 //! Public-API tests of distkit-dlock against real `redis-server` processes started by the
 //! testkit on free loopback ports.
 
+mod cluster;
 mod family;
 mod hostile;
 mod lifecycle_and_input;

@@ -1,0 +1,235 @@
+//! The lock service on a Redis Cluster (3 primaries and 3 replicas, real processes on
+//! loopback): every kind over 100 names spread across slots, pub/sub hand-off through any
+//! node, and a slot migration in the middle of the fenced workload.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use distkit_core::{AcquireOptions, DistributedLock, DistributedRwLock, DistributedSemaphore};
+use distkit_dlock::RedisLock;
+use distkit_testkit::{RedisCluster, Reply};
+
+fn cluster_lock(cluster: &RedisCluster) -> RedisLock {
+    RedisLock::cluster(cluster.urls())
+        .ttl(Duration::from_secs(5))
+        .op_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+/// Every kind works on 100 names spread over the three primaries, with fencing tokens that
+/// increase per name; a released plain lock wakes a waiter promptly through pub/sub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_works_on_a_cluster_across_slots() {
+    let cluster = RedisCluster::start(3, 1).unwrap();
+    let lock = cluster_lock(&cluster);
+    assert!(lock.endpoint().starts_with("cluster via 127.0.0.1:"));
+    let names: Vec<String> = (0..100).map(|i| format!("device-{i}")).collect();
+    let owners: std::collections::HashSet<u16> = names
+        .iter()
+        .filter_map(|n| cluster.owner_of(&format!("distkit:lock:{{{n}}}")))
+        .collect();
+    assert_eq!(owners.len(), 3, "the names spread over every primary");
+    let rw = lock.rw();
+    let sem = lock.semaphore(2).unwrap();
+    let fair = lock.fair();
+    for name in &names {
+        let a = lock.try_acquire(name).await.unwrap().expect("free");
+        let f = a.fencing_token();
+        assert!(lock.try_acquire(name).await.unwrap().is_none());
+        a.release().await.unwrap();
+        let b = fair.try_acquire(name).await.unwrap().expect("free");
+        assert!(b.fencing_token() > f);
+        b.release().await.unwrap();
+        let r = rw
+            .read_lock()
+            .try_acquire(name)
+            .await
+            .unwrap()
+            .expect("free");
+        assert!(rw.write_lock().try_acquire(name).await.unwrap().is_none());
+        r.release().await.unwrap();
+        let two = sem
+            .acquire_permits(name, 2, AcquireOptions::new())
+            .await
+            .unwrap();
+        assert!(sem.try_acquire(name).await.unwrap().is_none());
+        two.release().await.unwrap();
+    }
+    // Hand-off through pub/sub on a cluster.
+    let held = lock.try_acquire("handoff").await.unwrap().unwrap();
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move {
+            let g = lock
+                .acquire("handoff", Duration::from_secs(10))
+                .await
+                .unwrap();
+            (Instant::now(), g)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let released = Instant::now();
+    held.release().await.unwrap();
+    let (at, g) = waiter.await.unwrap();
+    assert!(
+        at - released < Duration::from_millis(300),
+        "hand-off took {:?}",
+        at - released
+    );
+    g.release().await.unwrap();
+}
+
+/// 8 tasks take 100 names at random (the fenced workload: at most one inside per name,
+/// fencing tokens only increasing) while `redis-cli --cluster reshard` moves 1,000 slots from
+/// one primary to another. No grant is lost, no error other than a retryable one reaches a
+/// caller, and every task keeps being granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_migration_during_the_workload_loses_no_grant() {
+    let cluster = RedisCluster::start(3, 1).unwrap();
+    let lock = cluster_lock(&cluster);
+    let names: Arc<Vec<String>> = Arc::new((0..100).map(|i| format!("n{i}")).collect());
+    let inside: Arc<Mutex<HashMap<String, (bool, u64)>>> = Arc::default();
+    let (lost, grants, other_errors) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (lock, names, inside, lost, grants, other_errors, stop) = (
+                lock.clone(),
+                names.clone(),
+                inside.clone(),
+                lost.clone(),
+                grants.clone(),
+                other_errors.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut mine = 0u64;
+                let mut i = t as usize;
+                // Bounded: at most 20,000 rounds per task.
+                for _ in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    i = (i * 31 + 7) % names.len();
+                    let name = &names[i];
+                    let g = match lock.acquire(name, Duration::from_secs(5)).await {
+                        Ok(g) => g,
+                        Err(e) if e.is_retryable() => continue,
+                        Err(e) => {
+                            other_errors.lock().unwrap().push(e.to_string());
+                            continue;
+                        }
+                    };
+                    let fence = g.fencing_token().get();
+                    {
+                        let mut all = inside.lock().unwrap();
+                        let s = all.entry(name.clone()).or_insert((false, 0));
+                        if s.0 || fence <= s.1 {
+                            lost.fetch_add(1, Ordering::Relaxed);
+                        }
+                        *s = (true, fence);
+                    }
+                    tokio::task::yield_now().await;
+                    inside.lock().unwrap().get_mut(name).expect("entered").0 = false;
+                    match g.release().await {
+                        Ok(_) => {}
+                        Err(e) if e.is_retryable() => {}
+                        Err(e) => other_errors.lock().unwrap().push(e.to_string()),
+                    }
+                    grants.fetch_add(1, Ordering::Relaxed);
+                    mine += 1;
+                }
+                mine
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let id = |port: u16| -> String {
+        let node = cluster.nodes.iter().find(|n| n.port() == port).unwrap();
+        match node.command(&["CLUSTER", "MYID"]).unwrap() {
+            Reply::Bulk(b) => String::from_utf8(b).unwrap(),
+            other => panic!("CLUSTER MYID answered {other:?}"),
+        }
+    };
+    let from = cluster.owner_of("distkit:lock:{n0}").unwrap();
+    let to = cluster
+        .nodes
+        .iter()
+        .take(3)
+        .map(|n| n.port())
+        .find(|p| *p != from)
+        .unwrap();
+    let before = grants.load(Ordering::Relaxed);
+    let args: Vec<String> = [
+        "--cluster",
+        "reshard",
+        &format!("127.0.0.1:{from}"),
+        "--cluster-from",
+        &id(from),
+        "--cluster-to",
+        &id(to),
+        "--cluster-slots",
+        "1000",
+        "--cluster-yes",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let owned_before = slots_of(&cluster, from);
+    // Blocks this worker thread while redis-cli moves the slots; the tasks run on the other.
+    tokio::task::block_in_place(|| cluster.cli(&args)).expect("the reshard completes");
+    let during = grants.load(Ordering::Relaxed) - before;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut per_task = Vec::new();
+    for t in tasks {
+        per_task.push(
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("tasks finish")
+                .unwrap(),
+        );
+    }
+    assert_eq!(lost.load(Ordering::Relaxed), 0, "a grant was lost");
+    assert_eq!(
+        *other_errors.lock().unwrap(),
+        Vec::<String>::new(),
+        "only retryable errors may reach a caller"
+    );
+    assert!(during > 0, "grants went on during the reshard");
+    assert!(
+        per_task.iter().all(|n| *n > 0),
+        "every task was granted: {per_task:?}"
+    );
+    assert_eq!(
+        slots_of(&cluster, from),
+        owned_before - 1000,
+        "the slots moved"
+    );
+}
+
+/// How many slots the primary on `port` owns.
+fn slots_of(cluster: &RedisCluster, port: u16) -> i64 {
+    let Reply::Array(ranges) = cluster.nodes[0].command(&["CLUSTER", "SLOTS"]).unwrap() else {
+        panic!("CLUSTER SLOTS answers an array")
+    };
+    ranges
+        .iter()
+        .filter_map(|r| {
+            let Reply::Array(r) = r else { return None };
+            let (Reply::Integer(lo), Reply::Integer(hi), Reply::Array(primary)) =
+                (r.first()?, r.get(1)?, r.get(2)?)
+            else {
+                return None;
+            };
+            (primary.get(1) == Some(&Reply::Integer(i64::from(port)))).then_some(hi - lo + 1)
+        })
+        .sum()
+}
