@@ -1541,6 +1541,17 @@ async fn client_tokens_guard_the_public_api_by_scope() {
     let _ = child.wait();
 }
 
+/// SIGKILLs nodes however a test ends (a failed assertion included).
+struct Reap(Vec<u32>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = signal(*pid, "KILL");
+        }
+    }
+}
+
 /// Every route of the lock family on one node: status codes, bodies, fencing order.
 async fn family_routes(http: &reqwest::Client, u: &str) {
     let post = |path: &str, body: Value| http.post(format!("{u}{path}")).json(&body).send();
@@ -1723,15 +1734,6 @@ async fn family_routes(http: &reqwest::Client, u: &str) {
 /// The lock family over HTTP, on the in-process backend and on Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lock_family_is_served_over_http_on_both_backends() {
-    /// SIGKILLs the nodes however the test ends.
-    struct Reap(Vec<u32>);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            for pid in &self.0 {
-                let _ = signal(*pid, "KILL");
-            }
-        }
-    }
     let solo = Solo::start().await;
     let mut reap = Reap(vec![solo.child.id()]);
     family_routes(&solo.http, &solo.url).await;
@@ -1789,7 +1791,7 @@ async fn a_node_on_redis_sentinel_serves_locks_through_a_failover() {
         "1",
     ])
     .await;
-    let pid = solo.child.id();
+    let reap = Reap(vec![solo.child.id()]);
     let (http, u) = (&solo.http, &solo.url);
     let cluster: Value = send_json(http.get(format!("{u}/v1/cluster"))).await;
     assert_eq!(cluster["lock_backend"], "redis-sentinel", "{cluster}");
@@ -1814,7 +1816,22 @@ async fn a_node_on_redis_sentinel_serves_locks_through_a_failover() {
     assert_eq!(status, 200, "{next}");
     assert!(next["fencing_token"].as_u64().unwrap() > first_fence);
     assert_ne!(setup.primary_port(), Some(killed));
-    let _ = signal(pid, "KILL");
+    drop(reap);
+    let mut child = solo.child;
+    let _ = child.wait();
+}
+
+/// A node on a Redis Cluster (`--redis-cluster`) serves every lock kind over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_redis_cluster_serves_every_lock_kind() {
+    let cluster = distkit_testkit::RedisCluster::start(3, 1).unwrap();
+    let nodes = cluster.urls().join(",");
+    let solo = Solo::start_with(&["--redis-cluster", &nodes]).await;
+    let reap = Reap(vec![solo.child.id()]);
+    let status: Value = send_json(solo.http.get(format!("{}/v1/cluster", solo.url))).await;
+    assert_eq!(status["lock_backend"], "redis-cluster", "{status}");
+    family_routes(&solo.http, &solo.url).await;
+    drop(reap);
     let mut child = solo.child;
     let _ = child.wait();
 }

@@ -267,6 +267,10 @@ pub async fn run(
             let (locks, family) = redis_locks(RedisLock::builder(url.clone()), &settings).await?;
             (locks, family, "redis")
         }
+        LockBackend::Cluster(nodes) => {
+            let (locks, family) = redis_locks(RedisLock::cluster(nodes.clone()), &settings).await?;
+            (locks, family, "redis-cluster")
+        }
         LockBackend::Sentinel { master, sentinels } => {
             let builder = RedisLock::sentinel(master.clone(), sentinels.clone());
             let (locks, family) = redis_locks(builder, &settings).await?;

@@ -102,6 +102,10 @@ pub struct NodeArgs {
     /// follow the primary they name for --redis-master.
     #[arg(long, env = "DISTKIT_REDIS_SENTINEL", value_delimiter = ',')]
     pub redis_sentinel: Vec<String>,
+    /// Redis Cluster node URLs for the lock service (comma-separated, a few in case one is
+    /// down).
+    #[arg(long, env = "DISTKIT_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
     /// The master name the sentinels monitor (with --redis-sentinel).
     #[arg(long, env = "DISTKIT_REDIS_MASTER")]
     pub redis_master: Option<String>,
@@ -203,6 +207,8 @@ struct LocksConfig {
     redlock: Vec<String>,
     #[serde(default)]
     sentinels: Vec<String>,
+    #[serde(default)]
+    cluster: Vec<String>,
     master: Option<String>,
     min_replicas: Option<u32>,
 }
@@ -233,6 +239,8 @@ pub enum LockBackend {
     Redis(String),
     /// Redlock over several.
     Redlock(Vec<String>),
+    /// A Redis Cluster.
+    Cluster(Vec<String>),
     /// The primary of a Redis Sentinel deployment.
     Sentinel {
         /// The master name the sentinels monitor.
@@ -406,9 +414,25 @@ impl Settings {
         } else {
             args.redis_sentinel.clone()
         };
+        let cluster = if args.redis_cluster.is_empty() {
+            file.locks.cluster
+        } else {
+            args.redis_cluster.clone()
+        };
         let master = args.redis_master.clone().or(file.locks.master);
         let redis = args.redis.clone().or(file.locks.redis);
+        let given = usize::from(redis.is_some())
+            + usize::from(!redlock.is_empty())
+            + usize::from(!sentinels.is_empty())
+            + usize::from(!cluster.is_empty());
+        if given > 1 {
+            return Err(Error::invalid_input(
+                "locks",
+                "give one of --redis, --redlock, --redis-sentinel and --redis-cluster",
+            ));
+        }
         let locks = match (redis, redlock.is_empty(), sentinels.is_empty()) {
+            _ if !cluster.is_empty() => LockBackend::Cluster(cluster),
             (Some(url), true, true) => LockBackend::Redis(url),
             (None, false, true) => LockBackend::Redlock(redlock),
             (None, true, false) => LockBackend::Sentinel {
@@ -421,13 +445,7 @@ impl Settings {
                 })?,
                 sentinels,
             },
-            (None, true, true) => LockBackend::InProcess,
-            _ => {
-                return Err(Error::invalid_input(
-                    "locks",
-                    "give one of --redis, --redlock and --redis-sentinel",
-                ));
-            }
+            _ => LockBackend::InProcess,
         };
         let min_replicas = args
             .redis_min_replicas
@@ -850,6 +868,25 @@ max_entries = 5
         ] {
             assert!(Settings::resolve(&a).is_err(), "{why}");
         }
+        let cluster = |redis: bool, replicas: Option<u32>| NodeArgs {
+            id: Some("a".into()),
+            redis: redis.then(|| "redis://a/".into()),
+            redis_cluster: vec!["redis://c1/".into(), "redis://c2/".into()],
+            redis_min_replicas: replicas,
+            ..NodeArgs::default()
+        };
+        assert_eq!(
+            Settings::resolve(&cluster(false, None)).unwrap().locks,
+            LockBackend::Cluster(vec!["redis://c1/".into(), "redis://c2/".into()])
+        );
+        assert!(
+            Settings::resolve(&cluster(true, None)).is_err(),
+            "--redis and --redis-cluster"
+        );
+        assert!(
+            Settings::resolve(&cluster(false, Some(1))).is_err(),
+            "min replicas on a cluster"
+        );
         let id = NodeArgs {
             id: Some(String::new()),
             ..NodeArgs::default()
