@@ -371,6 +371,54 @@ async fn run() {
     );
     drop(replica);
 
+    // Cluster: an uncontended pair against two PINGs to the primary owning the lock's slot.
+    {
+        let cluster = distkit_testkit::RedisCluster::start(3, 1).expect("a redis cluster");
+        let on_cluster = RedisLock::cluster(cluster.urls())
+            .ttl(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let owner = cluster.owner_of("distkit:lock:{pair-c}").expect("an owner");
+        let direct = redis::Client::open(format!("redis://127.0.0.1:{owner}/")).unwrap();
+        let mut owner_conn = direct.get_multiplexed_async_connection().await.unwrap();
+        for _ in 0..200 {
+            ping(&mut owner_conn).await;
+            on_cluster
+                .try_acquire("pair-c")
+                .await
+                .unwrap()
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+        }
+        let (mut pings, mut pairs) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for _ in 0..300 {
+                let t = Instant::now();
+                ping(&mut owner_conn).await;
+                ping(&mut owner_conn).await;
+                a.push(us(t));
+                let t = Instant::now();
+                let g = on_cluster.try_acquire("pair-c").await.unwrap().unwrap();
+                g.release().await.unwrap();
+                b.push(us(t));
+            }
+            pings.push(median(&mut a));
+            pairs.push(median(&mut b));
+        }
+        let (ping2_owner, pair_c) = (median(&mut pings), median(&mut pairs));
+        r.target(
+            "cluster_pair_ratio",
+            pair_c / ping2_owner,
+            &format!(
+                "uncontended pair on a 3 + 3 Redis Cluster ({pair_c:.1} us) / two PINGs to the owning primary ({ping2_owner:.1} us)"
+            ),
+            "<= 1.2",
+        );
+    }
+
     // Sentinel failovers under the fenced workload, without and with min_replicas(1).
     let failovers: usize = std::env::var("DISTKIT_BENCH_FAILOVERS")
         .ok()
