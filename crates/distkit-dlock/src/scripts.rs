@@ -82,27 +82,25 @@ pub(crate) static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         lua_prelude!(),
         r"
-local bad = not_a_lock(KEYS[1])
-if bad then return bad end
 local function wait_here()
   if ARGV[4] ~= '1' then return end
   redis.call('ZADD', KEYS[4], now_ms() + tonumber(ARGV[5]), ARGV[1])
   keep(KEYS[4], ARGV[5])
 end
-local held = redis.call('PTTL', KEYS[1])
-if held ~= -2 then
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local bad = not_a_lock(KEYS[1])
+  if bad then return bad end
   wait_here()
-  return {0, held}
+  return {0, redis.call('PTTL', KEYS[1])}
 end
-if ARGV[3] ~= '1' then
-  local h = redis.call('PTTL', KEYS[3])
-  if h > 0 then
-    wait_here()
-    return {0, h}
-  end
+local h = redis.call('PTTL', KEYS[3])
+if h > 0 and ARGV[3] ~= '1' then
+  wait_here()
+  return {0, h}
 end
-redis.call('DEL', KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[1])
+if h ~= -2 then redis.call('DEL', KEYS[3]) end
+if ARGV[4] == '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end
 local n, err = fence(KEYS[2])
 if err then return err end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -194,7 +192,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[2], '1')
 if redis.call('EXISTS', KEYS[4]) == 1 then wake_head(KEYS[1], KEYS[4], KEYS[5], ARGV[4]) end
-if tonumber(ARGV[3]) > 0 then
+if tonumber(ARGV[3]) > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now_ms())
   if redis.call('ZCARD', KEYS[3]) > 0 then
     redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
