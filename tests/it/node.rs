@@ -1552,158 +1552,75 @@ impl Drop for Reap {
     }
 }
 
+/// One request with a JSON body; its status and JSON answer.
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Value,
+) -> (u16, Value) {
+    let resp = http.request(method, url).json(&body).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
 /// Every route of the lock family on one node: status codes, bodies, fencing order.
 async fn family_routes(http: &reqwest::Client, u: &str) {
-    let post = |path: &str, body: Value| http.post(format!("{u}{path}")).json(&body).send();
-    let delete = |path: &str, body: Value| http.delete(format!("{u}{path}")).json(&body).send();
+    use reqwest::Method;
+    let post = |path: &str, body: Value| call(http, Method::POST, format!("{u}{path}"), body);
+    let delete = |path: &str, body: Value| call(http, Method::DELETE, format!("{u}{path}"), body);
+    let put = |path: &str, body: Value| call(http, Method::PUT, format!("{u}{path}"), body);
+    let ok = |(status, v): (u16, Value)| {
+        assert_eq!(status, 200, "{v}");
+        v
+    };
     // Fair lock.
-    let a: Value = post("/v1/fair-locks/f", json!({"ttl_ms": 5000}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let busy = post("/v1/fair-locks/f", json!({"wait_ms": 0}))
-        .await
-        .unwrap();
-    assert_eq!(busy.status(), 409);
-    let ext: Value = post(
+    let a = ok(post("/v1/fair-locks/f", json!({"ttl_ms": 5000})).await);
+    assert_eq!(post("/v1/fair-locks/f", json!({"wait_ms": 0})).await.0, 409);
+    let ext = ok(post(
         "/v1/fair-locks/f/extend",
         json!({"token": a["token"], "ttl_ms": 8000}),
     )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await);
     assert_eq!(ext["extended"], true);
-    let rel: Value = delete("/v1/fair-locks/f", json!({"token": a["token"]}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rel = ok(delete("/v1/fair-locks/f", json!({"token": a["token"]})).await);
     assert_eq!(rel["released"], true);
     // A fair lock and a plain lock of one name exclude each other, on both backends.
-    let f: Value = post("/v1/fair-locks/shared-name", json!({}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        post("/v1/locks/shared-name", json!({}))
-            .await
-            .unwrap()
-            .status(),
-        409
-    );
-    let rel: Value = delete("/v1/locks/shared-name", json!({"token": f["token"]}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let f = ok(post("/v1/fair-locks/shared-name", json!({})).await);
+    assert_eq!(post("/v1/locks/shared-name", json!({})).await.0, 409);
+    let rel = ok(delete("/v1/locks/shared-name", json!({"token": f["token"]})).await);
     assert_eq!(rel["released"], true, "one lock, one token");
     // Read-write lock.
-    let r1: Value = post("/v1/rwlocks/doc/read", json!({}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r2: Value = post("/v1/rwlocks/doc/read", json!({}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r1 = ok(post("/v1/rwlocks/doc/read", json!({})).await);
+    let r2 = ok(post("/v1/rwlocks/doc/read", json!({})).await);
     assert!(r2["fencing_token"].as_u64() > r1["fencing_token"].as_u64());
-    assert_eq!(
-        post("/v1/rwlocks/doc/write", json!({}))
-            .await
-            .unwrap()
-            .status(),
-        409
-    );
+    assert_eq!(post("/v1/rwlocks/doc/write", json!({})).await.0, 409);
     for r in [&r1, &r2] {
-        let rel: Value = delete("/v1/rwlocks/doc/read", json!({"token": r["token"]}))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let rel = ok(delete("/v1/rwlocks/doc/read", json!({"token": r["token"]})).await);
         assert_eq!(rel["released"], true);
     }
     // The writer's token does not release a reader's lease, nor the other way round.
-    let w: Value = post("/v1/rwlocks/doc/write", json!({"wait_ms": 1000}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let w = ok(post("/v1/rwlocks/doc/write", json!({"wait_ms": 1000})).await);
     assert!(w["fencing_token"].as_u64() > r2["fencing_token"].as_u64());
-    assert_eq!(
-        post("/v1/rwlocks/doc/read", json!({}))
-            .await
-            .unwrap()
-            .status(),
-        409
-    );
-    let wrong: Value = delete("/v1/rwlocks/doc/read", json!({"token": w["token"]}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(post("/v1/rwlocks/doc/read", json!({})).await.0, 409);
+    let wrong = ok(delete("/v1/rwlocks/doc/read", json!({"token": w["token"]})).await);
     assert_eq!(wrong["released"], false);
-    let ext: Value = post(
+    let ext = ok(post(
         "/v1/rwlocks/doc/write/extend",
         json!({"token": w["token"], "ttl_ms": 5000}),
     )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await);
     assert_eq!(ext["extended"], true);
-    let rel: Value = delete("/v1/rwlocks/doc/write", json!({"token": w["token"]}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rel = ok(delete("/v1/rwlocks/doc/write", json!({"token": w["token"]})).await);
     assert_eq!(rel["released"], true);
     // Semaphore.
-    let put = http
-        .put(format!("{u}/v1/semaphores/pool"))
-        .json(&json!({"permits": 2}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 200);
-    let two: Value = post("/v1/semaphores/pool", json!({"permits": 2}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    ok(put("/v1/semaphores/pool", json!({"permits": 2})).await);
+    let two = ok(post("/v1/semaphores/pool", json!({"permits": 2})).await);
     assert_eq!(two["permits"], 2);
-    assert_eq!(
-        post("/v1/semaphores/pool", json!({}))
-            .await
-            .unwrap()
-            .status(),
-        409
-    );
+    assert_eq!(post("/v1/semaphores/pool", json!({})).await.0, 409);
     let state: Value = send_json(http.get(format!("{u}/v1/semaphores/pool"))).await;
     assert_eq!(state, json!({"limit": 2, "in_use": 2}));
-    let rel: Value = delete("/v1/semaphores/pool", json!({"token": two["token"]}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rel = ok(delete("/v1/semaphores/pool", json!({"token": two["token"]})).await);
     assert_eq!(rel["released"], true);
     let state: Value = send_json(http.get(format!("{u}/v1/semaphores/pool"))).await;
     assert_eq!(state, json!({"limit": 2, "in_use": 0}));
@@ -1715,19 +1632,16 @@ async fn family_routes(http: &reqwest::Client, u: &str) {
         ("/v1/semaphores/pool", json!({"permits": -1})),
         ("/v1/semaphores/pool", json!({"permits": 4294967296u64})),
     ] {
-        let resp = post(path, body.clone()).await.unwrap();
-        assert_eq!(resp.status(), 400, "{path} {body}");
-        let v: Value = resp.json().await.unwrap();
+        let (status, v) = post(path, body.clone()).await;
+        assert_eq!(status, 400, "{path} {body}");
         assert!(v["error"].is_object() || v["error"].is_string(), "{v}");
     }
     for body in [json!({}), json!({"permits": 0})] {
-        let put = http
-            .put(format!("{u}/v1/semaphores/pool"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(put.status(), 400, "{body}");
+        assert_eq!(
+            put("/v1/semaphores/pool", body.clone()).await.0,
+            400,
+            "{body}"
+        );
     }
 }
 

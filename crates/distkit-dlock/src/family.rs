@@ -15,6 +15,7 @@ use redis::ScriptInvocation;
 use crate::name::{Keys, validate};
 use crate::redis_lock::RedisLock;
 use crate::scripts;
+use crate::util::delegate_lock;
 
 /// Which member of the family an operation is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,21 +363,7 @@ impl RedisFairLock {
     }
 }
 
-#[async_trait]
-impl DistributedLock for RedisFairLock {
-    async fn acquire_with(&self, name: &str, options: AcquireOptions) -> Result<LockGuard, Error> {
-        self.handle.acquire_with(name, options).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool, Error> {
-        self.handle.release(lease).await
-    }
-    async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error> {
-        self.handle.extend(lease, ttl).await
-    }
-    async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
-        self.handle.is_held(lease).await
-    }
-}
+delegate_lock!(RedisFairLock, handle);
 
 /// A read-write lock on Redis: many readers or one writer per name, with **writer
 /// preference** (a waiting writer holds new readers back, so 16 readers cycling cannot starve

@@ -9,6 +9,7 @@ use distkit_core::{AcquireOptions, DistributedLock, Error, Lease, LockGuard};
 
 use crate::local_family::{Local, LocalFairLock, Mode, Table};
 use crate::redis_lock::DEFAULT_TTL;
+use crate::util::delegate_lock;
 
 /// An in-process lock table with the semantics of [`RedisLock`](crate::RedisLock): leases
 /// with TTLs, secret tokens, strictly increasing fencing tokens, waiters woken on release (and
@@ -117,21 +118,7 @@ impl fmt::Debug for LocalLock {
     }
 }
 
-#[async_trait]
-impl DistributedLock for LocalLock {
-    async fn acquire_with(&self, name: &str, options: AcquireOptions) -> Result<LockGuard, Error> {
-        self.local.acquire_with(name, options).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool, Error> {
-        self.local.release(lease).await
-    }
-    async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error> {
-        self.local.extend(lease, ttl).await
-    }
-    async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
-        self.local.is_held(lease).await
-    }
-}
+delegate_lock!(LocalLock, local);
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use crate::family::check_permits;
 use crate::local::{DEFAULT_MAX_LOCKS, next_fence};
 use crate::name::validate;
-use crate::util::{Deadline, guard, random_token, validate_ttl};
+use crate::util::{Deadline, delegate_lock, guard, random_token, validate_ttl};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -331,31 +331,6 @@ impl DistributedLock for Local {
     async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
         Ok(self.with_holder(lease, |_, _, _| ()).is_some())
     }
-}
-
-/// Delegates [`DistributedLock`] to the `Local` inside.
-macro_rules! delegate_lock {
-    ($ty:ty, $field:ident) => {
-        #[async_trait]
-        impl DistributedLock for $ty {
-            async fn acquire_with(
-                &self,
-                name: &str,
-                options: AcquireOptions,
-            ) -> Result<LockGuard, Error> {
-                self.$field.acquire_with(name, options).await
-            }
-            async fn release(&self, lease: &Lease) -> Result<bool, Error> {
-                self.$field.release(lease).await
-            }
-            async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error> {
-                self.$field.extend(lease, ttl).await
-            }
-            async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
-                self.$field.is_held(lease).await
-            }
-        }
-    };
 }
 
 /// [`RedisFairLock`](crate::RedisFairLock)'s semantics inside one process: waiters are

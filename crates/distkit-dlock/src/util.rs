@@ -147,3 +147,30 @@ pub(crate) async fn watchdog(
         }
     }
 }
+
+/// Implements [`DistributedLock`] for a wrapper by delegating to its field.
+macro_rules! delegate_lock {
+    ($ty:ty, $field:ident) => {
+        #[async_trait]
+        impl DistributedLock for $ty {
+            async fn acquire_with(
+                &self,
+                name: &str,
+                options: AcquireOptions,
+            ) -> Result<LockGuard, Error> {
+                self.$field.acquire_with(name, options).await
+            }
+            async fn release(&self, lease: &Lease) -> Result<bool, Error> {
+                self.$field.release(lease).await
+            }
+            async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error> {
+                self.$field.extend(lease, ttl).await
+            }
+            async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
+                self.$field.is_held(lease).await
+            }
+        }
+    };
+}
+
+pub(crate) use delegate_lock;
