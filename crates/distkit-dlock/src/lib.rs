@@ -52,8 +52,10 @@
 //!   and a store that refuses smaller tokens turns the stale holder away. Mutual exclusion
 //!   itself is not guaranteed across such a failover.
 //! * **With [`min_replicas(k)`](RedisLockBuilder::min_replicas)** (Sentinel or one server
-//!   with replicas), a grant or extension is kept only once `k` replicas acknowledged it
-//!   (`WAIT`); otherwise it is given back and reported as a retryable error. Sentinel
+//!   with replicas), a grant is handed out only once `k` replicas acknowledged it (`WAIT`);
+//!   otherwise it is given back and reported as a retryable error. An extension fewer
+//!   acknowledged is reported the same way and not counted (the holder keeps its old,
+//!   shorter validity). Sentinel
 //!   promotes the replica with the most replication progress, which then holds every
 //!   acknowledged grant: in our tests (4 processes x 8 tasks through a SIGKILL of the
 //!   primary) no grant was lost. It is not consensus: losing the acknowledging replica too,

@@ -27,6 +27,8 @@ pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_POOL_SIZE: usize = 1024;
 /// Default expiry of a waiter's entry in a fair lock's queue (or a waiting writer's mark).
 pub const DEFAULT_QUEUE_ENTRY_TTL: Duration = Duration::from_secs(3);
+/// The least time a later attempt of a waiting acquire gets, even as its wait runs out.
+const ATTEMPT_FLOOR: Duration = Duration::from_millis(100);
 /// Default hand-off window of the plain lock under contention.
 pub const DEFAULT_HANDOFF_WINDOW: Duration = Duration::from_millis(10);
 
@@ -53,8 +55,16 @@ impl RedisLockBuilder {
     /// than the op timeout; default off).
     ///
     /// A grant that fewer replicas acknowledged is released at once and reported as a
-    /// retryable [`Error::Unavailable`]; it is never handed to the caller. An extension that
-    /// fewer acknowledged is reported the same way (the watchdog retries it).
+    /// retryable [`Error::Unavailable`]; it is never handed to the caller (its fencing
+    /// number is used up all the same). An extension that fewer acknowledged is reported the
+    /// same way and not counted: the lease keeps its old validity, though the primary has
+    /// applied the longer TTL (a `PEXPIRE` cannot be taken back); a replica promoted then
+    /// holds the shorter one, which the holder already assumes. The watchdog retries it.
+    ///
+    /// Each write that waits for replicas takes a connection of its own from the pool
+    /// ([`pool_size`](Self::pool_size)), since `WAIT` blocks the connection it runs on; with
+    /// more callers than connections, the rest wait for one (within the op timeout). The
+    /// timeout must be greater than zero and shorter than the op timeout.
     ///
     /// **What it buys**: Redis replicates asynchronously, so without it a grant the old
     /// primary acknowledged can vanish when Sentinel promotes a replica that had not received
@@ -68,8 +78,7 @@ impl RedisLockBuilder {
     /// floored by the server's clock, so they keep increasing across a promotion as long as
     /// the servers' clocks do not step back, and a fenced store refuses the stale holder.
     ///
-    /// `WAIT` blocks the connection it runs on, which this service shares between its
-    /// callers: with replicas down, every grant waits up to `timeout`.
+    /// With replicas down, every grant waits up to `timeout` and is then refused.
     pub fn min_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.min_replicas = replicas;
         self.replica_timeout = timeout;
@@ -140,7 +149,9 @@ impl RedisLockBuilder {
     ///
     /// [`Error::InvalidInput`] for an unparsable URL, a zero or sub-millisecond TTL, a
     /// renewal interval not shorter than the TTL, a zero timeout, a pool size of 0 or over
-    /// [`MAX_POOL_SIZE`], or a prefix with braces.
+    /// [`MAX_POOL_SIZE`], a prefix with braces, a queue entry TTL outside 30 ms to 60 s, a
+    /// hand-off window over 1 s, no sentinel or cluster node, or `min_replicas` with a
+    /// replica timeout that is zero or not shorter than the op timeout (or on a cluster).
     pub fn build(self) -> Result<RedisLock, Error> {
         validate_ttl(self.ttl)?;
         if let Some(every) = self.renew_every
@@ -416,6 +427,7 @@ impl RedisLock {
         let ttl_ms = ttl.as_millis() as u64;
         let entry_ms = self.inner.queue_entry_ttl.as_millis() as u64;
         let mut woken = false;
+        let mut first = true;
         // Try first: an uncontended acquire pays one round trip. Only when the lock is held
         // (and we may wait) subscribe to its release channel, then try once more before
         // sleeping, so no release can slip between the failed attempt and the wait.
@@ -441,7 +453,27 @@ impl RedisLock {
             }
             let sent = Instant::now();
             let call = target.acquire(ttl_ms, entry_ms, join, woken, default_limit);
-            let outcome = self.attempt_call(call, target.release(0), name).await;
+            // The first attempt may take the whole op timeout (a try needs one); later ones
+            // end with the wait, so a slow or paused server cannot hold an acquire past it
+            // (an outside review saw 4.8 s for a 3 s wait). A cut attempt's grant, if its
+            // script ran, is released by `PendingGrant`.
+            let limit = if first {
+                self.inner.op_timeout
+            } else {
+                // At least a moment: an attempt that starts as the wait ends still gets its
+                // round trip, and finds the lock held (Busy) or free.
+                let floor = ATTEMPT_FLOOR.min(self.inner.op_timeout);
+                deadline.cap(sent, self.inner.op_timeout).max(floor)
+            };
+            first = false;
+            let attempt = self.attempt_call(call, target.release(0), name);
+            let outcome = match tokio::time::timeout(limit, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(Error::Timeout {
+                    operation: "acquiring a lock (the wait ran out during an attempt)",
+                    after: wait,
+                }),
+            };
             woken = false;
             let now = Instant::now();
             match outcome {
@@ -462,7 +494,8 @@ impl RedisLock {
                 }
                 Ok(Attempt::Held { pttl }) => {
                     if wait.is_zero() || deadline.passed(now) {
-                        entry.leave().await;
+                        // `entry` leaves the queue as it drops, in the background: awaiting it
+                        // here could hold a caller past its wait on a slow server.
                         return Err(Error::Busy {
                             what: format!("lock {name:?}"),
                             waited: now - started,
@@ -500,10 +533,7 @@ impl RedisLock {
                     tracing::debug!(lock = name, error = %e, "acquire attempt failed; retrying");
                     tokio::time::sleep(deadline.cap(now, backoff.next_poll())).await;
                 }
-                Err(e) => {
-                    entry.leave().await;
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -647,7 +677,7 @@ impl RedisLock {
         release: redis::ScriptInvocation<'static>,
         lock: &str,
     ) -> Result<Attempt, Error> {
-        let mut mux = self.conn().await?;
+        let (mut mux, _dedicated) = self.writer().await?;
         let pending = PendingGrant {
             release: Some((mux.clone(), release)),
         };
@@ -725,7 +755,7 @@ impl RedisLock {
         validate_ttl(ttl)?;
         let target = Target::new(&self.inner.prefix, lease.name(), kind, lease.token());
         let sent = Instant::now();
-        let mut conn = self.conn().await?;
+        let (mut conn, _dedicated) = self.writer().await?;
         let n: i64 = self
             .timed(
                 target
@@ -738,6 +768,23 @@ impl RedisLock {
             lease.renewed(ttl, sent + ttl);
         }
         Ok(n == 1)
+    }
+
+    /// The connection for a write: the shared one, or with
+    /// [`min_replicas`](RedisLockBuilder::min_replicas) one of its own from the pool (held
+    /// until the caller is done). `WAIT` blocks the connection it runs on: on the shared one,
+    /// every caller's WAIT queued behind the others' (an outside review saw 40 callers take
+    /// 4.7 s, time out, and leave grants behind that nobody held).
+    async fn writer(&self) -> Result<(Conn, Option<Pooled>), Error> {
+        if self.inner.min_replicas == 0 {
+            return Ok((self.conn().await?, None));
+        }
+        let (conn, pooled) = self
+            .inner
+            .pool
+            .get(&self.inner.endpoint, self.inner.op_timeout)
+            .await?;
+        Ok((conn, Some(pooled)))
     }
 
     /// With [`min_replicas`](RedisLockBuilder::min_replicas): waits until that many replicas
@@ -823,13 +870,6 @@ struct QueueEntry {
 impl QueueEntry {
     fn disarm(&mut self) {
         self.leave = None;
-    }
-
-    /// Leaves now and waits for it (the waiter gives up: the next one goes at once).
-    async fn leave(&mut self) {
-        if let Some((lock, call)) = self.leave.take() {
-            let _: Result<i64, Error> = lock.invoke(call).await;
-        }
     }
 }
 

@@ -420,6 +420,7 @@ impl Settings {
             args.redis_cluster.clone()
         };
         let master = args.redis_master.clone().or(file.locks.master);
+        let master_given = master.is_some();
         let redis = args.redis.clone().or(file.locks.redis);
         let given = usize::from(redis.is_some())
             + usize::from(!redlock.is_empty())
@@ -447,6 +448,13 @@ impl Settings {
             },
             _ => LockBackend::InProcess,
         };
+        if master_given && !matches!(locks, LockBackend::Sentinel { .. }) {
+            // An outside review mistyped the sentinel flag and got node-local locks quietly.
+            return Err(Error::invalid_input(
+                "locks",
+                "--redis-master names the master of --redis-sentinel, which is missing",
+            ));
+        }
         let min_replicas = args
             .redis_min_replicas
             .or(file.locks.min_replicas)
@@ -864,6 +872,14 @@ max_entries = 5
             (
                 args(false, false, false, false, 1),
                 "min replicas in-process",
+            ),
+            (
+                args(false, false, true, false, 0),
+                "a master name without sentinels",
+            ),
+            (
+                args(true, false, true, false, 0),
+                "a master name with --redis",
             ),
         ] {
             assert!(Settings::resolve(&a).is_err(), "{why}");

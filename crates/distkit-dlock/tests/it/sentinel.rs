@@ -190,3 +190,92 @@ async fn locks_follow_a_sentinel_failover() {
         assert!(g.release().await.unwrap());
     }
 }
+
+/// Found by an outside review: with `min_replicas`, WAITs queued behind each other on the
+/// one shared connection; 40 callers with a paused replica took 4.7 s, timed out, and left
+/// grants in Redis that nobody held. Each waiting write now has a connection of its own:
+/// every caller is refused promptly and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_grants_under_load_leave_nothing_behind() {
+    let primary = RedisServer::start().unwrap();
+    let mut replica = RedisServer::builder()
+        .replica_of(primary.port())
+        .start()
+        .unwrap();
+    let lock = RedisLock::builder(primary.url())
+        .min_replicas(1, Duration::from_millis(100))
+        .build()
+        .unwrap();
+    // Until the replica is in sync: bounded.
+    let mut synced = false;
+    for _ in 0..100 {
+        if let Ok(Some(g)) = lock.try_acquire("sync").await {
+            g.release().await.unwrap();
+            synced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(synced, "the replica synced");
+    replica.pause().unwrap();
+    let started = Instant::now();
+    let callers: Vec<_> = (0..40)
+        .map(|i| {
+            let lock = lock.clone();
+            tokio::spawn(async move { lock.try_acquire(&format!("c{i}")).await })
+        })
+        .collect();
+    for c in callers {
+        let r = c.await.unwrap();
+        assert!(
+            matches!(r, Err(ref e) if e.is_retryable()),
+            "refused with a retryable error: {r:?}"
+        );
+    }
+    let took = started.elapsed();
+    // Bounded wait for the releases to land.
+    let mut left = Vec::new();
+    for _ in 0..40 {
+        left = keys(&primary)
+            .into_iter()
+            .filter(|k| k.starts_with("distkit:lock:{c") && !k.ends_with(":fence"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        left.is_empty(),
+        "grants left behind: {left:?} (after {took:?})"
+    );
+    replica.resume().unwrap();
+}
+
+/// Found by an outside review: an acquire could run past its wait by an op timeout or more
+/// when the server stopped answering mid-wait. Later attempts now end with the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_ends_with_its_wait_when_the_server_stops_answering() {
+    let mut server = RedisServer::start().unwrap();
+    let lock = RedisLock::new(server.url()).unwrap();
+    let held = lock.try_acquire("slow").await.unwrap().unwrap();
+    let waiter = tokio::spawn({
+        let lock = lock.clone();
+        async move {
+            let t = Instant::now();
+            let r = lock.acquire("slow", Duration::from_millis(600)).await;
+            (t.elapsed(), r.map(|g| g.fencing_token()))
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.pause().unwrap();
+    let (took, r) = waiter.await.unwrap();
+    server.resume().unwrap();
+    assert!(r.is_err(), "{r:?}");
+    // The op timeout is 2 s: an attempt in flight would have held it past 2.1 s.
+    assert!(
+        took < Duration::from_millis(1200),
+        "the acquire took {took:?}"
+    );
+    drop(held);
+}
