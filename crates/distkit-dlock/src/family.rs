@@ -474,17 +474,29 @@ impl DistributedRwLock for RedisRwLock {
 /// ```
 #[derive(Clone, Debug)]
 pub struct RedisSemaphore {
-    lock: RedisLock,
-    default_limit: u32,
+    /// One permit a grant, with the default limit; release, extend and is-held go by token.
+    handle: Handle,
 }
 
 impl RedisSemaphore {
     pub(crate) fn new(lock: RedisLock, default_limit: u32) -> Result<Self, Error> {
         check_permits("default permits", default_limit)?;
         Ok(Self {
-            lock,
-            default_limit,
+            handle: Handle {
+                lock,
+                kind: Kind::Permits(1),
+                default_limit,
+            },
         })
+    }
+
+    fn target(&self, name: &str) -> Target {
+        Target::new(
+            self.handle.lock.prefix(),
+            name,
+            self.handle.kind,
+            LockToken::from_u128(0),
+        )
     }
 }
 
@@ -496,21 +508,7 @@ pub(crate) fn check_permits(what: &'static str, permits: u32) -> Result<(), Erro
     Ok(())
 }
 
-#[async_trait]
-impl DistributedLock for RedisSemaphore {
-    async fn acquire_with(&self, name: &str, options: AcquireOptions) -> Result<LockGuard, Error> {
-        self.acquire_permits(name, 1, options).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool, Error> {
-        self.lock.release_kind(lease, Kind::Permits(1)).await
-    }
-    async fn extend(&self, lease: &mut Lease, ttl: Duration) -> Result<bool, Error> {
-        self.lock.extend_kind(lease, ttl, Kind::Permits(1)).await
-    }
-    async fn is_held(&self, lease: &Lease) -> Result<bool, Error> {
-        self.lock.held_kind(lease, Kind::Permits(1)).await
-    }
-}
+delegate_lock!(RedisSemaphore, handle);
 
 #[async_trait]
 impl DistributedSemaphore for RedisSemaphore {
@@ -521,35 +519,29 @@ impl DistributedSemaphore for RedisSemaphore {
         options: AcquireOptions,
     ) -> Result<LockGuard, Error> {
         check_permits("permits", permits)?;
-        self.lock
-            .acquire_kind(name, options, Kind::Permits(permits), self.default_limit)
+        let h = &self.handle;
+        h.lock
+            .acquire_kind(name, options, Kind::Permits(permits), h.default_limit)
             .await
     }
 
     async fn set_permits(&self, name: &str, permits: u32) -> Result<(), Error> {
         validate(name)?;
         check_permits("permits", permits)?;
-        let target = Target::new(
-            self.lock.prefix(),
-            name,
-            Kind::Permits(1),
-            LockToken::from_u128(0),
-        );
-        let _: i64 = self.lock.invoke(target.set_limit(permits)).await?;
+        let _: i64 = self
+            .handle
+            .lock
+            .invoke(self.target(name).set_limit(permits))
+            .await?;
         Ok(())
     }
 
     async fn permits(&self, name: &str) -> Result<PermitCount, Error> {
         validate(name)?;
-        let target = Target::new(
-            self.lock.prefix(),
-            name,
-            Kind::Permits(1),
-            LockToken::from_u128(0),
-        );
-        let (limit, in_use): (i64, i64) = self
+        let h = &self.handle;
+        let (limit, in_use): (i64, i64) = h
             .lock
-            .invoke(target.semaphore_state(self.default_limit))
+            .invoke(self.target(name).semaphore_state(h.default_limit))
             .await?;
         let clamp = |v: i64| u32::try_from(v.max(0)).unwrap_or(u32::MAX);
         Ok(PermitCount {

@@ -42,6 +42,20 @@ struct Control {
     refs: HashMap<String, usize>,
 }
 
+impl Control {
+    /// Whether the pub/sub connection is up.
+    fn alive(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|(_, alive, _)| alive.load(Ordering::Acquire))
+    }
+
+    /// Whether a waiter already holds a subscription to `channel` on the live connection.
+    fn listening(&self, channel: &str) -> bool {
+        self.refs.get(channel).is_some_and(|n| *n > 0) && self.alive()
+    }
+}
+
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control")
@@ -75,30 +89,14 @@ impl Notifier {
         // Under the control lock, so a concurrent last release cannot remove the waker after
         // we took it.
         let mut control = self.control.lock().await;
-        let notify = {
-            let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
-            wakers
-                .entry(channel.to_owned())
-                .or_insert_with(|| (Arc::new(Notify::new()), broadcast))
-                .0
-                .clone()
-        };
-        let refs = control.refs.entry(channel.to_owned()).or_insert(0);
-        *refs += 1;
-        let already = *refs > 1
-            && control
-                .conn
-                .as_ref()
-                .is_some_and(|(_, alive, _)| alive.load(Ordering::Acquire));
         // Another waiter of this channel holds a confirmed subscription on the live
         // connection: no second SUBSCRIBE round trip (it was one per contended acquire).
-        let subscribed = already || self.subscribe(&mut control, channel).await;
-        Registration {
-            notifier: self.clone(),
-            channel: channel.to_owned(),
-            notify,
-            subscribed,
+        let already = control.listening(channel);
+        let mut registration = self.add(&mut control, channel, broadcast);
+        if !already {
+            registration.subscribed = self.subscribe(&mut control, channel).await;
         }
+        registration
     }
 
     /// A registration for `channel` at no network cost, when another waiter of this process
@@ -109,29 +107,42 @@ impl Notifier {
         channel: &str,
         broadcast: bool,
     ) -> Option<Registration> {
-        let live = {
-            let control = self.control.lock().await;
-            control.refs.get(channel).is_some_and(|n| *n > 0)
-                && control
-                    .conn
-                    .as_ref()
-                    .is_some_and(|(_, alive, _)| alive.load(Ordering::Acquire))
+        let mut control = self.control.lock().await;
+        control
+            .listening(channel)
+            .then(|| self.add(&mut control, channel, broadcast))
+    }
+
+    /// Counts a waiter of `channel` (under the control lock) and hands it the channel's
+    /// waker; `subscribed` says whether the subscription was already live.
+    fn add(
+        self: &Arc<Self>,
+        control: &mut Control,
+        channel: &str,
+        broadcast: bool,
+    ) -> Registration {
+        let subscribed = control.listening(channel);
+        let notify = {
+            let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+            wakers
+                .entry(channel.to_owned())
+                .or_insert_with(|| (Arc::new(Notify::new()), broadcast))
+                .0
+                .clone()
         };
-        if live {
-            Some(self.register(channel, broadcast).await)
-        } else {
-            None
+        *control.refs.entry(channel.to_owned()).or_insert(0) += 1;
+        Registration {
+            notifier: self.clone(),
+            channel: channel.to_owned(),
+            notify,
+            subscribed,
         }
     }
 
     /// Subscribes `channel` on a live connection, connecting (and re-subscribing every channel
     /// that has waiters) when there is none.
     async fn subscribe(&self, control: &mut Control, channel: &str) -> bool {
-        let alive = control
-            .conn
-            .as_ref()
-            .is_some_and(|(_, alive, _)| alive.load(Ordering::Acquire));
-        if !alive {
+        if !control.alive() {
             control.conn = None;
             let Some(conn) = self.connect().await else {
                 return false;

@@ -397,9 +397,6 @@ impl RedisLock {
         default_limit: u32,
     ) -> Result<LockGuard, Error> {
         validate(name)?;
-        if kind == Kind::Permits(0) {
-            return Err(Error::invalid_input("permits", "it must be at least 1"));
-        }
         let ttl = options.ttl_value().unwrap_or(self.inner.ttl);
         validate_ttl(ttl)?;
         let watchdog = options.watchdog_value().unwrap_or(self.inner.watchdog);
@@ -643,30 +640,17 @@ impl RedisLock {
         r
     }
 
-    /// One plain grant attempt (Redlock's, on this server). Cancellation-safe as
-    /// [`attempt_call`](Self::attempt_call).
+    /// One plain grant attempt on this server (a Redlock round's), without queueing or
+    /// hand-off. Cancellation-safe as [`attempt_call`](Self::attempt_call).
     pub(crate) async fn attempt(
         &self,
-        keys: &Keys,
+        name: &str,
         token: LockToken,
         ttl: Duration,
     ) -> Result<Attempt, Error> {
-        let mut call = scripts::ACQUIRE.prepare_invoke();
-        call.key(&keys.lock)
-            .key(&keys.fence)
-            .key(format!("{}:handoff", keys.lock))
-            .key(format!("{}:waiters", keys.lock))
-            .arg(token.to_string())
-            .arg(ttl.as_millis() as u64)
-            .arg("0")
-            .arg("0")
-            .arg(0);
-        let mut release = scripts::RELEASE.prepare_invoke();
-        release
-            .key(&keys.lock)
-            .arg(token.to_string())
-            .arg(&keys.channel);
-        self.attempt_call(call, release, &keys.lock).await
+        let target = Target::new(&self.inner.prefix, name, Kind::Plain, token);
+        let call = target.acquire(ttl.as_millis() as u64, 0, false, false, 0);
+        self.attempt_call(call, target.release(0), name).await
     }
 
     /// One grant attempt by script `call`. Cancellation-safe: if this future is dropped while

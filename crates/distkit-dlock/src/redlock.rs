@@ -10,7 +10,7 @@ use distkit_core::{
 };
 use futures_util::future::join_all;
 
-use crate::name::{Keys, validate};
+use crate::name::validate;
 use crate::redis_lock::{Attempt, DEFAULT_PREFIX, DEFAULT_TTL, RedisLock};
 use crate::util::{Deadline, guard, random_token, uniform, validate_ttl};
 
@@ -132,7 +132,6 @@ impl RedlockBuilder {
                 drift_factor: self.drift_factor,
                 retry_delay: self.retry_delay,
                 watchdog: self.watchdog,
-                prefix: self.prefix,
             }),
         })
     }
@@ -170,7 +169,6 @@ struct Inner {
     drift_factor: f64,
     retry_delay: (Duration, Duration),
     watchdog: bool,
-    prefix: String,
 }
 
 impl Redlock {
@@ -204,13 +202,13 @@ impl Redlock {
     /// One round over all servers: grants and how many servers answered at all.
     async fn round(
         &self,
-        keys: &Keys,
+        name: &str,
         token: LockToken,
         ttl: Duration,
     ) -> (Vec<(usize, FencingToken)>, usize) {
         let attempts =
             self.inner.nodes.iter().map(|n| {
-                tokio::time::timeout(self.inner.node_timeout, n.attempt(keys, token, ttl))
+                tokio::time::timeout(self.inner.node_timeout, n.attempt(name, token, ttl))
             });
         let mut granted = Vec::new();
         let mut answered = 0;
@@ -267,7 +265,6 @@ impl DistributedLock for Redlock {
         validate(name)?;
         let ttl = options.ttl_value().unwrap_or(self.inner.ttl);
         validate_ttl(ttl)?;
-        let keys = Keys::new(&self.inner.prefix, name);
         let started = Instant::now();
         let wait = options.wait_limit().unwrap_or(Duration::ZERO);
         let deadline = Deadline::after(started, wait);
@@ -275,7 +272,7 @@ impl DistributedLock for Redlock {
         loop {
             let token = random_token();
             let sent = Instant::now();
-            let (granted, answered) = self.round(&keys, token, ttl).await;
+            let (granted, answered) = self.round(name, token, ttl).await;
             let validity = ttl
                 .checked_sub(sent.elapsed())
                 .and_then(|v| v.checked_sub(self.drift(ttl)));

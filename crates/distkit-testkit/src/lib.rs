@@ -586,12 +586,7 @@ impl SentinelSetup {
     /// The primary's port as the first sentinel that answers reports it.
     #[must_use]
     pub fn primary_port(&self) -> Option<u16> {
-        self.sentinels.iter().find_map(|s| {
-            match s.command(&["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER]) {
-                Ok(Reply::Array(v)) if v.len() == 2 => v[1].as_text()?.parse().ok(),
-                _ => None,
-            }
-        })
+        self.sentinels.iter().find_map(named_primary)
     }
 
     /// The data server on `port`.
@@ -646,16 +641,7 @@ impl SentinelSetup {
     /// The primary when every sentinel names it, it is the only running data server that
     /// answers as a primary, and the others replicate from it.
     fn settled_primary(&self) -> Option<u16> {
-        let named: Vec<Option<u16>> = self
-            .sentinels
-            .iter()
-            .map(
-                |s| match s.command(&["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER]) {
-                    Ok(Reply::Array(v)) if v.len() == 2 => v[1].as_text()?.parse().ok(),
-                    _ => None,
-                },
-            )
-            .collect();
+        let named: Vec<Option<u16>> = self.sentinels.iter().map(named_primary).collect();
         let primary = named.first().copied().flatten()?;
         if named.iter().any(|p| *p != Some(primary)) {
             return None;
@@ -699,6 +685,14 @@ impl SentinelSetup {
             port: self.servers[0].port(),
             reason: format!("the sentinel setup did not reach: {what} within {timeout:?}"),
         })
+    }
+}
+
+/// The primary's port as `sentinel` names it.
+fn named_primary(sentinel: &RedisServer) -> Option<u16> {
+    match sentinel.command(&["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER]) {
+        Ok(Reply::Array(v)) if v.len() == 2 => v[1].as_text()?.parse().ok(),
+        _ => None,
     }
 }
 
