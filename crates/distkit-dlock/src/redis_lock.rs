@@ -79,6 +79,13 @@ impl RedisLockBuilder {
     /// the servers' clocks do not step back, and a fenced store refuses the stale holder.
     ///
     /// With replicas down, every grant waits up to `timeout` and is then refused.
+    ///
+    /// **On a Redis Cluster** `WAIT` goes to the primary that owns the lock's slot, on the
+    /// connection that sent the script, and a cluster failover promotes the replica with the
+    /// most replication progress, as Sentinel does. One gap: while an operator migrates the
+    /// lock's slot, a grant the cluster redirected (`ASK`) to the importing primary is
+    /// acknowledged by the slot's current owner, which did not take it; such a grant is only
+    /// as safe as one without `WAIT` until the migration ends.
     pub fn min_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.min_replicas = replicas;
         self.replica_timeout = timeout;
@@ -151,7 +158,7 @@ impl RedisLockBuilder {
     /// renewal interval not shorter than the TTL, a zero timeout, a pool size of 0 or over
     /// [`MAX_POOL_SIZE`], a prefix with braces, a queue entry TTL outside 30 ms to 60 s, a
     /// hand-off window over 1 s, no sentinel or cluster node, or `min_replicas` with a
-    /// replica timeout that is zero or not shorter than the op timeout (or on a cluster).
+    /// replica timeout that is zero or not shorter than the op timeout.
     pub fn build(self) -> Result<RedisLock, Error> {
         validate_ttl(self.ttl)?;
         if let Some(every) = self.renew_every
@@ -212,12 +219,6 @@ impl RedisLockBuilder {
                     "it must be greater than zero and shorter than the op timeout ({:?}), got {:?}",
                     self.op_timeout, self.replica_timeout
                 ),
-            ));
-        }
-        if self.min_replicas > 0 && matches!(self.topology, Topology::Cluster(_)) {
-            return Err(Error::invalid_input(
-                "min replicas",
-                "replica acknowledgement is not offered on a Redis Cluster yet",
             ));
         }
         let (pool, pubsub, endpoint) = self.topology.connect(self.pool_size, self.op_timeout)?;
@@ -341,8 +342,8 @@ impl RedisLock {
     /// the `{name}` hash tag, so a lock's scripts touch one slot. A script that meets a slot
     /// in the middle of a migration (`TRYAGAIN`) is a retryable error. Release wake-ups use
     /// pub/sub on any node (a cluster delivers every `PUBLISH` to every node).
-    /// [`min_replicas`](RedisLockBuilder::min_replicas) is not offered on a cluster yet
-    /// (`WAIT` must reach the primary that took the write).
+    /// With [`min_replicas`](RedisLockBuilder::min_replicas), `WAIT` goes to the primary
+    /// owning the lock's slot (see there for what a slot migration does to it).
     pub fn cluster<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> RedisLockBuilder {
         Self::configure(Topology::Cluster(
             nodes.into_iter().map(Into::into).collect(),
@@ -676,7 +677,7 @@ impl RedisLock {
                         format!("granted {lock} with a negative fencing token {fence}"),
                     ));
                 };
-                if let Err(e) = self.replicated(&mut mux, "grant").await {
+                if let Err(e) = self.replicated(&mut mux, "grant", lock).await {
                     // Not on enough replicas: a promotion could lose it. Give it back now.
                     pending.release_now(self.inner.op_timeout).await;
                     return Err(e);
@@ -748,7 +749,8 @@ impl RedisLock {
             )
             .await?;
         if n == 1 {
-            self.replicated(&mut conn, "extension").await?;
+            self.replicated(&mut conn, "extension", lease.name())
+                .await?;
             lease.renewed(ttl, sent + ttl);
         }
         Ok(n == 1)
@@ -773,19 +775,16 @@ impl RedisLock {
 
     /// With [`min_replicas`](RedisLockBuilder::min_replicas): waits until that many replicas
     /// acknowledged what this connection wrote, or says how many did.
-    async fn replicated(&self, conn: &mut Conn, what: &str) -> Result<(), Error> {
+    /// `name` finds the primary on a cluster (its hash tag's slot).
+    async fn replicated(&self, conn: &mut Conn, what: &str, name: &str) -> Result<(), Error> {
         let want = self.inner.min_replicas;
         if want == 0 {
             return Ok(());
         }
         let limit = self.inner.replica_timeout;
+        let slot_key = format!("{{{name}}}");
         let acked: i64 = self
-            .timed(
-                redis::cmd("WAIT")
-                    .arg(want)
-                    .arg(limit.as_millis() as u64)
-                    .query_async(conn),
-            )
+            .timed(conn.wait_replicas(want, limit.as_millis() as u64, &slot_key))
             .await?;
         if acked >= i64::from(want) {
             return Ok(());

@@ -39,6 +39,35 @@ pub(crate) enum Conn {
     Cluster(ClusterConnection),
 }
 
+impl Conn {
+    /// `WAIT replicas timeout_ms` on the server that took this connection's last write to
+    /// `key`: the one server, or on a cluster the primary owning `key`'s slot (the cluster
+    /// connection would otherwise send `WAIT` to every primary and report the least).
+    pub(crate) async fn wait_replicas(
+        &mut self,
+        replicas: u32,
+        timeout_ms: u64,
+        key: &str,
+    ) -> redis::RedisResult<i64> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout_ms);
+        match self {
+            Self::Single(c) => wait.query_async(c).await,
+            Self::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let owner = Route::with_key(key, SlotAddr::Master);
+                let reply = c
+                    .route_command(
+                        wait,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(owner)),
+                    )
+                    .await?;
+                Ok(redis::from_redis_value(reply)?)
+            }
+        }
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(
         &'a mut self,
@@ -74,7 +103,7 @@ impl ConnectionLike for Conn {
 pub(crate) enum Pool {
     Single(deadpool_redis::Pool),
     Sentinel(deadpool_redis::sentinel::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+    Cluster(deadpool::managed::Pool<ClusterManager>),
 }
 
 /// A connection checked out of a [`Pool`]; it goes back when dropped.
@@ -82,7 +111,51 @@ pub(crate) enum Pooled {
     // Held only to keep the connection checked out.
     Single(#[allow(dead_code)] deadpool_redis::Connection),
     Sentinel(#[allow(dead_code)] deadpool_redis::sentinel::Connection),
-    Cluster(#[allow(dead_code)] deadpool_redis::cluster::Connection),
+    Cluster(#[allow(dead_code)] deadpool::managed::Object<ClusterManager>),
+}
+
+/// Makes a pool's cluster connections, as deadpool-redis's cluster manager does, but with a
+/// connect timeout per node: a cluster connection first connects to every seed node and
+/// waits for all of them, so one seed that accepts and then answers nothing (a frozen
+/// process) held every new connection for the redis crate's 1 s default, longer than an op
+/// timeout of 1 s (an outside test saw it). It also bounds every command by the op timeout.
+pub(crate) struct ClusterManager {
+    client: redis::cluster::ClusterClient,
+    pings: std::sync::atomic::AtomicUsize,
+}
+
+impl deadpool::managed::Manager for ClusterManager {
+    type Type = ClusterConnection;
+    type Error = redis::RedisError;
+
+    async fn create(&self) -> Result<ClusterConnection, redis::RedisError> {
+        self.client.get_async_connection().await
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut ClusterConnection,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<redis::RedisError> {
+        let n = self
+            .pings
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_string();
+        let echoed: String = redis::cmd("PING").arg(&n).query_async(conn).await?;
+        if echoed == n {
+            Ok(())
+        } else {
+            Err(deadpool::managed::RecycleError::message(
+                "a cluster node answered PING with another text",
+            ))
+        }
+    }
+}
+
+/// The connect timeout per cluster node: a quarter of the op timeout, so that the seed
+/// nodes and then the slot map's nodes fit in one op timeout with room to spare.
+fn node_connect_timeout(op_timeout: Duration) -> Duration {
+    (op_timeout / 4).max(Duration::from_millis(1))
 }
 
 /// Where the pub/sub connection goes.
@@ -198,10 +271,19 @@ impl Topology {
                     addrs.push(c.get_connection_info().addr().to_string());
                     clients.push(c);
                 }
-                let mut cfg = deadpool_redis::cluster::Config::from_urls(nodes.clone());
-                cfg.pool = Some(pool_cfg);
-                let pool = cfg
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(node_connect_timeout(op_timeout))
+                    .response_timeout(op_timeout)
+                    .build()
+                    .map_err(bad_url)?;
+                let manager = ClusterManager {
+                    client,
+                    pings: std::sync::atomic::AtomicUsize::new(0),
+                };
+                let pool = deadpool::managed::Pool::builder(manager)
+                    .config(pool_cfg)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
                     .map_err(|e| Error::invalid_input("cluster nodes", e.to_string()))?;
                 let endpoint = format!("cluster via {}", addrs.join(","));
                 Ok((

@@ -460,11 +460,14 @@ impl Settings {
             .or(file.locks.min_replicas)
             .unwrap_or(0);
         if min_replicas > 0
-            && !matches!(locks, LockBackend::Redis(_) | LockBackend::Sentinel { .. })
+            && !matches!(
+                locks,
+                LockBackend::Redis(_) | LockBackend::Sentinel { .. } | LockBackend::Cluster(_)
+            )
         {
             return Err(Error::invalid_input(
                 "locks",
-                "--redis-min-replicas needs --redis or --redis-sentinel",
+                "--redis-min-replicas needs --redis, --redis-sentinel or --redis-cluster",
             ));
         }
         let mut dev_dir = None;
@@ -899,8 +902,11 @@ max_entries = 5
             Settings::resolve(&cluster(true, None)).is_err(),
             "--redis and --redis-cluster"
         );
-        assert!(
-            Settings::resolve(&cluster(false, Some(1))).is_err(),
+        assert_eq!(
+            Settings::resolve(&cluster(false, Some(1)))
+                .unwrap()
+                .min_replicas,
+            1,
             "min replicas on a cluster"
         );
         let id = NodeArgs {

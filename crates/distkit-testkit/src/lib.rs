@@ -706,7 +706,8 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     /// Starts the nodes, creates the cluster (the 16384 slots spread evenly over the
-    /// primaries) and waits (at most 30 s) until every node reports `cluster_state:ok`.
+    /// primaries) and waits (at most 30 s) until every node reports `cluster_state:ok` and
+    /// every replica's link to its primary is up.
     ///
     /// # Errors
     ///
@@ -732,16 +733,26 @@ impl RedisCluster {
         args.push("--cluster-yes".into());
         cluster.cli(&args)?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !cluster.nodes.iter().all(|n| {
+        let info = |n: &RedisServer, section: &str, want: &str| {
+            n.command(&["INFO", section])
+                .ok()
+                .and_then(|r| r.as_text())
+                .is_some_and(|t| t.contains(want))
+        };
+        // Every node sees the cluster ok, and every replica has finished its first sync.
+        while !cluster.nodes.iter().enumerate().all(|(i, n)| {
             n.command(&["CLUSTER", "INFO"])
                 .ok()
                 .and_then(|r| r.as_text())
                 .is_some_and(|t| t.contains("cluster_state:ok"))
+                && (i < primaries || info(n, "replication", "master_link_status:up"))
         }) {
             if Instant::now() > deadline {
                 return Err(TestkitError::NotReady {
                     port: cluster.nodes[0].port(),
-                    reason: "the cluster did not reach cluster_state:ok within 30 s".into(),
+                    reason: "the cluster did not reach cluster_state:ok with its replicas \
+                             in sync within 30 s"
+                        .into(),
                 });
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -780,6 +791,19 @@ impl RedisCluster {
                 Reply::Integer(p) => u16::try_from(*p).ok(),
                 _ => None,
             }
+        })
+    }
+
+    /// The index in [`nodes`](Self::nodes) of a replica of the primary on `port` (asked of
+    /// each node with `ROLE`).
+    #[must_use]
+    pub fn replica_of(&self, port: u16) -> Option<usize> {
+        self.nodes.iter().position(|n| {
+            let Ok(Reply::Array(role)) = n.command(&["ROLE"]) else {
+                return false;
+            };
+            role.first() == Some(&Reply::Bulk(b"slave".to_vec()))
+                && role.get(2) == Some(&Reply::Integer(i64::from(port)))
         })
     }
 

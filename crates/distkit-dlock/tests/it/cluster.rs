@@ -233,3 +233,67 @@ fn slots_of(cluster: &RedisCluster, port: u16) -> i64 {
         })
         .sum()
 }
+
+/// `min_replicas(1)` on a cluster sends `WAIT` to the primary owning the lock's slot. With
+/// every replica up, every name is granted and extended; with one primary's replica frozen,
+/// the names in that primary's slots are refused (a retryable error, the grant given back)
+/// while the names of the other primaries are still granted. (Sent to every primary, as the
+/// cluster connection would by default, one frozen replica would refuse every name.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_acknowledgement_on_a_cluster_asks_the_slots_primary() {
+    let mut cluster = RedisCluster::start(3, 1).unwrap();
+    let strict = RedisLock::cluster(cluster.urls())
+        .ttl(Duration::from_secs(5))
+        .op_timeout(Duration::from_secs(1))
+        .min_replicas(1, Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let plain = cluster_lock(&cluster);
+    let names: Vec<String> = (0..30).map(|i| format!("ack-{i}")).collect();
+    let owner = |name: &str| {
+        cluster
+            .owner_of(&format!("distkit:lock:{{{name}}}"))
+            .unwrap()
+    };
+    let owners: Vec<u16> = names.iter().map(|n| owner(n)).collect();
+    for name in &names {
+        let mut g = strict.try_acquire(name).await.unwrap().expect("free");
+        g.extend(Duration::from_secs(5)).await.unwrap();
+        let fair = strict.fair().try_acquire(name).await.unwrap();
+        assert!(fair.is_none(), "the fair lock shares the plain lock's key");
+        g.release().await.unwrap();
+    }
+    assert!(plain.try_acquire("warm").await.unwrap().is_some());
+    let frozen_primary = owners[0];
+    let replica = cluster.replica_of(frozen_primary).expect("a replica");
+    cluster.nodes[replica].pause().unwrap();
+    // A lock service started now connects within its op timeout although one of its seed
+    // nodes accepts and then answers nothing (each node's connect was given 1 s before).
+    let late = cluster_lock(&cluster);
+    let g = late.try_acquire("late").await.unwrap().expect("free");
+    g.release().await.unwrap();
+    let (mut granted, mut refused) = (0, 0);
+    for (name, owner) in names.iter().zip(&owners) {
+        match strict.try_acquire(name).await {
+            Ok(Some(g)) => {
+                assert_ne!(*owner, frozen_primary, "{name}: granted unacknowledged");
+                g.release().await.unwrap();
+                granted += 1;
+            }
+            Err(e) => {
+                assert_eq!(*owner, frozen_primary, "{name}: {e}");
+                assert!(e.is_retryable(), "{e:?}");
+                let g = plain.try_acquire(name).await.unwrap();
+                assert!(g.is_some(), "{name}: the refused grant was given back");
+                g.unwrap().release().await.unwrap();
+                refused += 1;
+            }
+            Ok(None) => panic!("{name} is held by nobody"),
+        }
+    }
+    cluster.nodes[replica].resume().unwrap();
+    assert!(
+        granted > 0 && refused > 0,
+        "granted {granted}, refused {refused}"
+    );
+}
