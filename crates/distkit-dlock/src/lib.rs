@@ -172,3 +172,5 @@ pub use redis_lock::{
 };
 #[doc(inline)]
 pub use redlock::{Redlock, RedlockBuilder};
+#[doc(inline)]
+pub use topology::RedisConnection;

@@ -14,7 +14,7 @@ use crate::family::{Handle, Kind, RedisFairLock, RedisRwLock, RedisSemaphore, Ta
 use crate::name::{Keys, validate};
 use crate::notify::{Notifier, Registration};
 use crate::scripts;
-use crate::topology::{Conn, Pool, Pooled, Topology};
+use crate::topology::{Conn, Pool, Pooled, RedisConnection, Topology};
 use crate::util::{Backoff, Deadline, guard, random_token, validate_ttl};
 
 /// Default lease length (Redisson's watchdog default).
@@ -562,6 +562,28 @@ impl RedisLock {
     #[must_use]
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
+    }
+
+    /// A connection of this service's pool, to the same deployment as its locks (with
+    /// Sentinel, the primary the sentinels name now; on a cluster, routed per command), for
+    /// companion data kept beside the locks: a leader note, a fenced store's records. Its
+    /// commands are bounded by the op timeout; it goes back to the pool when dropped, so
+    /// hold it no longer than needed (the locks share the pool).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] or [`Error::Timeout`] when no connection can be made within
+    /// the op timeout.
+    pub async fn connection(&self) -> Result<RedisConnection, Error> {
+        let (conn, pooled) = self
+            .inner
+            .pool
+            .get(&self.inner.endpoint, self.inner.op_timeout)
+            .await?;
+        Ok(RedisConnection {
+            conn,
+            _pooled: pooled,
+        })
     }
 
     /// Checks that the server answers.

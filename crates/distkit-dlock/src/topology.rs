@@ -99,6 +99,48 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// A connection of a lock service's pool, to the deployment it uses: the server, the
+/// primary the sentinels named when it was made, or the cluster (each command routed by its
+/// keys). It goes back to the pool when dropped. Get one with
+/// [`RedisLock::connection`](crate::RedisLock::connection) to keep companion data beside the
+/// locks (a leader note, a fenced store's records); commands on it are bounded by the
+/// service's op timeout.
+pub struct RedisConnection {
+    pub(crate) conn: Conn,
+    pub(crate) _pooled: Pooled,
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.conn {
+            Conn::Single(_) => "RedisConnection::Single",
+            Conn::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.conn.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.conn.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
 /// Connections to the primary.
 pub(crate) enum Pool {
     Single(deadpool_redis::Pool),

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use distkit_core::{
     AcquireOptions, DistributedLock, Error, LeaderElector, Leadership, NodeId, Role, Term,
 };
-use distkit_dlock::RedisLock;
+use distkit_dlock::{RedisConnection, RedisLock, RedisLockBuilder};
 use redis::AsyncCommands;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -77,14 +77,7 @@ impl LeaseElection {
     /// [`Error::InvalidInput`] for a bad URL, group name or lease; [`Error::Unavailable`]
     /// outside a tokio runtime.
     pub fn start(url: &str, group: &str, id: NodeId, lease: Duration) -> Result<Self, Error> {
-        let lock = RedisLock::builder(url)
-            .ttl(lease)
-            .key_prefix("distkit:election:")
-            .op_timeout(lease / 3)
-            .build()?;
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::invalid_input("redis url", e.to_string()))?;
-        Self::campaign(lock, Primary::Single(client), group, id, lease)
+        Self::start_with(RedisLock::builder(url), group, id, lease)
     }
 
     /// As [`start`](Self::start), on the primary of `master` in a Redis Sentinel deployment
@@ -104,35 +97,52 @@ impl LeaseElection {
         id: NodeId,
         lease: Duration,
     ) -> Result<Self, Error> {
-        let sentinels: Vec<String> = sentinels.into_iter().map(Into::into).collect();
-        let lock = RedisLock::sentinel(master, sentinels.clone())
-            .ttl(lease)
-            .key_prefix("distkit:election:")
-            .op_timeout(lease / 3)
-            .build()?;
-        let client = redis::sentinel::SentinelClient::build(
-            sentinels,
-            master.to_owned(),
-            None,
-            redis::sentinel::SentinelServerType::Master,
-        )
-        .map_err(|e| Error::invalid_input("sentinels", e.to_string()))?;
-        Self::campaign(
-            lock,
-            Primary::Sentinel(tokio::sync::Mutex::new(client)),
-            group,
-            id,
-            lease,
-        )
+        Self::start_with(RedisLock::sentinel(master, sentinels), group, id, lease)
     }
 
-    fn campaign(
-        lock: RedisLock,
-        client: Primary,
+    /// As [`start`](Self::start), on a Redis Cluster reached through `nodes`: the group's
+    /// lock and leader note share the `{group}` hash tag, so one primary (and its replicas)
+    /// holds the election. Through a cluster failover of that primary, as with
+    /// [`start_sentinel`](Self::start_sentinel).
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start), and [`Error::InvalidInput`] for no node.
+    pub fn start_cluster<S: Into<String>>(
+        nodes: impl IntoIterator<Item = S>,
         group: &str,
         id: NodeId,
         lease: Duration,
     ) -> Result<Self, Error> {
+        Self::start_with(RedisLock::cluster(nodes), group, id, lease)
+    }
+
+    /// As [`start`](Self::start), on the deployment `lock` is configured for (one server,
+    /// Sentinel or Cluster), with its other settings, such as
+    /// [`min_replicas`](distkit_dlock::RedisLockBuilder::min_replicas) (a leadership a
+    /// replica acknowledged survives a promotion of that replica). The election sets the
+    /// lock's TTL to `lease`, its op timeout to a third of it, and its key prefix to
+    /// `distkit:election:`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`start`](Self::start), and what [`RedisLockBuilder::build`](
+    /// distkit_dlock::RedisLockBuilder::build) refuses.
+    pub fn start_with(
+        lock: RedisLockBuilder,
+        group: &str,
+        id: NodeId,
+        lease: Duration,
+    ) -> Result<Self, Error> {
+        let lock = lock
+            .ttl(lease)
+            .key_prefix("distkit:election:")
+            .op_timeout(lease / 3)
+            .build()?;
+        Self::campaign(lock, group, id, lease)
+    }
+
+    fn campaign(lock: RedisLock, group: &str, id: NodeId, lease: Duration) -> Result<Self, Error> {
         if group.is_empty() || group.contains(['{', '}']) || group.chars().any(char::is_control) {
             return Err(Error::invalid_input(
                 "election group",
@@ -149,7 +159,6 @@ impl LeaseElection {
         let (ended_tx, ended_rx) = watch::channel(false);
         let campaign = Campaign {
             lock,
-            client,
             group: group.to_owned(),
             leader_key: format!("distkit:election:{{{group}}}:leader"),
             id: id.clone(),
@@ -220,24 +229,8 @@ impl LeaderElector for LeaseElection {
     }
 }
 
-/// Where the leader key is written: the server, or the primary Sentinel names now.
-enum Primary {
-    Single(redis::Client),
-    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
-}
-
-impl Primary {
-    async fn connect(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        match self {
-            Self::Single(c) => c.get_multiplexed_async_connection().await,
-            Self::Sentinel(s) => s.lock().await.get_async_connection().await,
-        }
-    }
-}
-
 struct Campaign {
     lock: RedisLock,
-    client: Primary,
     group: String,
     leader_key: String,
     id: NodeId,
@@ -349,22 +342,21 @@ impl Campaign {
         }
     }
 
-    async fn connection(
+    /// The connection for the leader note: kept while it works, a fresh one of the lock
+    /// service's pool after a failure (with Sentinel, to the primary named now).
+    async fn connection<'a>(
         &self,
-        conn: &mut Option<redis::aio::MultiplexedConnection>,
-    ) -> Option<redis::aio::MultiplexedConnection> {
+        conn: &'a mut Option<RedisConnection>,
+    ) -> Option<&'a mut RedisConnection> {
         if conn.is_none() {
-            *conn = tokio::time::timeout(self.lease, self.client.connect())
-                .await
-                .ok()
-                .and_then(Result::ok);
+            *conn = self.lock.connection().await.ok();
         }
-        conn.clone()
+        conn.as_mut()
     }
 
     /// The leader writes `term id` beside the lock, with the lock's TTL, refreshed with it.
-    async fn note_leader(&self, conn: &mut Option<redis::aio::MultiplexedConnection>, term: Term) {
-        if let Some(mut c) = self.connection(conn).await {
+    async fn note_leader(&self, conn: &mut Option<RedisConnection>, term: Term) {
+        if let Some(c) = self.connection(conn).await {
             let ms = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
             let r: redis::RedisResult<()> = c
                 .pset_ex(&self.leader_key, format!("{} {}", term.get(), self.id), ms)
@@ -376,8 +368,8 @@ impl Campaign {
     }
 
     /// A follower reads who leads.
-    async fn observe(&self, conn: &mut Option<redis::aio::MultiplexedConnection>) {
-        let Some(mut c) = self.connection(conn).await else {
+    async fn observe(&self, conn: &mut Option<RedisConnection>) {
+        let Some(c) = self.connection(conn).await else {
             return;
         };
         let v: redis::RedisResult<Option<String>> = c.get(&self.leader_key).await;

@@ -201,3 +201,105 @@ async fn a_lease_election_over_sentinel_survives_a_failover_with_one_leader_per_
         m.shutdown().await;
     }
 }
+
+/// Over Redis Cluster (3 primaries, a replica each): three members elect a leader, the
+/// primary owning the group's slot is SIGKILLed, the cluster promotes its replica, and a
+/// leader leads again; sampled every 5 ms throughout, no term ever has two leaders, and the
+/// leader note names the leader on the promoted replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_election_over_a_cluster_survives_a_failover_with_one_leader_per_term() {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut cluster = distkit_testkit::RedisCluster::start(3, 1).unwrap();
+    let lease = Duration::from_millis(600);
+    let ms: Vec<LeaseElection> = (0..3)
+        .map(|i| {
+            LeaseElection::start_cluster(
+                cluster.urls(),
+                "cl",
+                NodeId::new(format!("m{i}")).unwrap(),
+                lease,
+            )
+            .unwrap()
+        })
+        .collect();
+    let (first, _) = wait_leader(&ms, None, Duration::from_secs(10)).await;
+    let first_term = ms[first].leadership().term;
+    // Followers learn the leader from its note.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ms
+        .iter()
+        .all(|m| m.leadership().leader.as_ref() == Some(ms[first].id()))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the followers never learned the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (ms, stop) = (ms.clone(), stop.clone());
+        async move {
+            let mut leaders: HashMap<u64, String> = HashMap::new();
+            // Bounded: at most 60 s of samples.
+            for _ in 0..12_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                for m in &ms {
+                    let l = m.leadership();
+                    if l.is_leader() {
+                        let id = m.id().to_string();
+                        let prev = leaders.entry(l.term.get()).or_insert_with(|| id.clone());
+                        assert_eq!(*prev, id, "two leaders of term {}", l.term.get());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            leaders
+        }
+    });
+    let owner = cluster.owner_of("distkit:election:{cl}").unwrap();
+    let replica = cluster.replica_of(owner).unwrap();
+    let primary = cluster
+        .nodes
+        .iter()
+        .position(|n| n.port() == owner)
+        .unwrap();
+    cluster.nodes[primary].kill().unwrap();
+    // The cluster promotes the replica (node timeout 2 s); bounded to 30 s.
+    let promoted = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let role = cluster.nodes[replica].command(&["ROLE"]).ok();
+            let ok = cluster.nodes[replica]
+                .command(&["CLUSTER", "INFO"])
+                .ok()
+                .and_then(|r| r.as_text())
+                .is_some_and(|t| t.contains("cluster_state:ok"));
+            if ok
+                && matches!(role, Some(distkit_testkit::Reply::Array(r))
+                    if r.first() == Some(&distkit_testkit::Reply::Bulk(b"master".to_vec())))
+            {
+                return (cluster, true);
+            }
+            if Instant::now() > deadline {
+                return (cluster, false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let (_cluster, promoted) = promoted.await.unwrap();
+    assert!(promoted, "the replica was not promoted within 30 s");
+    // A leader within a few leases after the promotion.
+    let (now, _) = wait_leader(&ms, None, Duration::from_secs(10)).await;
+    assert!(ms[now].leadership().term >= first_term);
+    stop.store(true, Ordering::Relaxed);
+    let leaders = sampler.await.expect("no term had two leaders");
+    assert!(!leaders.is_empty());
+    for m in &ms {
+        m.shutdown().await;
+    }
+}
