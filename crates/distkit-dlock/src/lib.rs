@@ -6,7 +6,7 @@
 //! | backend | holds the lock | use it for |
 //! |---|---|---|
 //! | [`RedisLock`] | one Redis server | the default for teams that run Redis |
-//! | [`Redlock`] | a majority of N independent Redis servers | surviving the loss of a minority of servers |
+//! | [`Redlock`] | a majority of N independent Redis servers (or Sentinel deployments) | surviving the loss of a minority of servers |
 //! | [`LocalLock`] | this process | tests, single-process deployments |
 //!
 //! All three implement [`distkit_core::DistributedLock`], so code can hold an
@@ -51,8 +51,8 @@
 //!   the server's clock, so the new primary's tokens are larger (unless clocks step back),
 //!   and a store that refuses smaller tokens turns the stale holder away. Mutual exclusion
 //!   itself is not guaranteed across such a failover.
-//! * **With [`min_replicas(k)`](RedisLockBuilder::min_replicas)** (Sentinel or one server
-//!   with replicas), a grant is handed out only once `k` replicas acknowledged it (`WAIT`);
+//! * **With [`min_replicas(k)`](RedisLockBuilder::min_replicas)** (Sentinel, Cluster, or
+//!   one server with replicas), a grant is handed out only once `k` replicas acknowledged it (`WAIT`);
 //!   otherwise it is given back and reported as a retryable error. An extension fewer
 //!   acknowledged is reported the same way and not counted (the holder keeps its old,
 //!   shorter validity). Sentinel
@@ -61,7 +61,16 @@
 //!   primary) no grant was lost. It is not consensus: losing the acknowledging replica too,
 //!   or an election that promotes a replica that had not acknowledged, can still lose a
 //!   grant. When two sentinels promote two replicas at once, grants are refused (no
-//!   replica acknowledges) until the sentinels agree, which took some 20 s in our runs.
+//!   replica acknowledges) until the sentinels agree, which took some 20 s in our runs. On
+//!   a Cluster, `WAIT` goes to the primary owning the lock's slot; while an operator
+//!   migrates that slot, a grant redirected to the importing primary is acknowledged by the
+//!   old owner, so it is only as safe as one without `WAIT` until the migration ends.
+//!
+//! [`Redlock`] nodes can be deployments too ([`Redlock::over`]): a node that is a Sentinel
+//! deployment keeps its vote through a failover of its primary, on the same terms as above.
+//! `LeaseElection` (in `distkit-election`) runs on every
+//! topology as well, and [`RedisLock::connection`] lends a pooled connection to the same
+//! deployment for data kept beside the locks.
 //!
 //! What sets these locks apart from the Redis lock libraries users complain about:
 //!

@@ -150,6 +150,10 @@ impl RedisLockBuilder {
         self
     }
 
+    pub(crate) fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
     /// Validates the settings and creates the pool. Connections are made on first use.
     ///
     /// # Errors

@@ -11,14 +11,14 @@ use distkit_core::{
 use futures_util::future::join_all;
 
 use crate::name::validate;
-use crate::redis_lock::{Attempt, DEFAULT_PREFIX, DEFAULT_TTL, RedisLock};
+use crate::redis_lock::{Attempt, DEFAULT_PREFIX, DEFAULT_TTL, RedisLock, RedisLockBuilder};
 use crate::util::{Deadline, guard, random_token, uniform, validate_ttl};
 
 /// Configures a [`Redlock`].
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct RedlockBuilder {
-    urls: Vec<String>,
+    nodes: Vec<RedisLockBuilder>,
     ttl: Duration,
     node_timeout: Duration,
     drift_factor: f64,
@@ -72,21 +72,24 @@ impl RedlockBuilder {
     /// [`Error::InvalidInput`] without servers, for a bad URL or TTL, a node timeout not
     /// shorter than the TTL, a drift factor outside `[0, 0.5)`, or `min > max` retry delays.
     pub fn build(self) -> Result<Redlock, Error> {
-        if self.urls.is_empty() {
+        if self.nodes.is_empty() {
             return Err(Error::invalid_input(
                 "redlock servers",
                 "at least one url is needed (use 3 or 5 independent servers)",
             ));
         }
         let mut seen = std::collections::HashSet::new();
-        for u in &self.urls {
-            if !seen.insert(u.trim_end_matches('/')) {
-                return Err(Error::invalid_input(
-                    "redlock servers",
-                    format!(
-                        "{u:?} is listed twice; each vote must come from an independent server"
-                    ),
-                ));
+        for node in &self.nodes {
+            for server in node.topology().servers() {
+                if !seen.insert(server.clone()) {
+                    return Err(Error::invalid_input(
+                        "redlock servers",
+                        format!(
+                            "{server:?} is listed twice; each vote must come from an \
+                             independent server"
+                        ),
+                    ));
+                }
             }
         }
         validate_ttl(self.ttl)?;
@@ -112,11 +115,10 @@ impl RedlockBuilder {
             ));
         }
         let nodes = self
-            .urls
-            .iter()
-            .map(|u| {
-                RedisLock::builder(u.clone())
-                    .ttl(self.ttl)
+            .nodes
+            .into_iter()
+            .map(|node| {
+                node.ttl(self.ttl)
                     .key_prefix(self.prefix.clone())
                     .op_timeout(self.node_timeout)
                     .pool_size(4)
@@ -178,8 +180,19 @@ impl Redlock {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        Self::over(urls.into_iter().map(|u| RedisLock::builder(u)))
+    }
+
+    /// Configures Redlock over `nodes`, each a deployment of its own: one server
+    /// ([`RedisLock::builder`]), or a Redis Sentinel deployment
+    /// ([`RedisLock::sentinel`]) whose vote survives a failover of its primary, or a
+    /// Cluster. Each node keeps its own settings (such as
+    /// [`min_replicas`](RedisLockBuilder::min_replicas)) except the TTL, key prefix, op
+    /// timeout (the node timeout) and pool size (4), which are Redlock's. Two nodes that
+    /// share a server or a sentinel are refused: their votes would not be independent.
+    pub fn over(nodes: impl IntoIterator<Item = RedisLockBuilder>) -> RedlockBuilder {
         RedlockBuilder {
-            urls: urls.into_iter().map(Into::into).collect(),
+            nodes: nodes.into_iter().collect(),
             ttl: DEFAULT_TTL,
             node_timeout: Duration::from_millis(50),
             drift_factor: 0.01,

@@ -240,6 +240,20 @@ fn bad_url(e: impl std::fmt::Display) -> Error {
 }
 
 impl Topology {
+    /// Names for the servers this deployment is reached through: two deployments that share
+    /// one are not independent (Redlock refuses them).
+    pub(crate) fn servers(&self) -> Vec<String> {
+        let trim = |u: &String| u.trim().trim_end_matches('/').to_owned();
+        match self {
+            Self::Single(url) => vec![trim(url)],
+            Self::Sentinel { master, sentinels } => sentinels
+                .iter()
+                .map(|s| format!("{master} via {}", trim(s)))
+                .collect(),
+            Self::Cluster(nodes) => nodes.iter().map(trim).collect(),
+        }
+    }
+
     /// The pool, the pub/sub source and a description of the endpoint for messages.
     pub(crate) fn connect(
         &self,

@@ -143,3 +143,84 @@ fn the_same_server_twice_is_refused() {
         "{r:?}"
     );
 }
+
+/// Two nodes that share a sentinel (the same deployment given twice), or a server listed as
+/// a node and again as a seed of another, are refused: their votes are not independent.
+#[test]
+fn nodes_sharing_a_sentinel_are_refused() {
+    use distkit_dlock::RedisLock;
+    let twice = Redlock::over([
+        RedisLock::sentinel("m", ["redis://127.0.0.1:1/", "redis://127.0.0.1:2/"]),
+        RedisLock::sentinel("m", ["redis://127.0.0.1:2"]),
+        RedisLock::builder("redis://127.0.0.1:3/"),
+    ])
+    .build();
+    assert!(
+        matches!(twice, Err(Error::InvalidInput { .. })),
+        "{twice:?}"
+    );
+    let two_masters = Redlock::over([
+        RedisLock::sentinel("a", ["redis://127.0.0.1:1/"]),
+        RedisLock::sentinel("b", ["redis://127.0.0.1:1/"]),
+        RedisLock::builder("redis://127.0.0.1:3/"),
+    ])
+    .build();
+    assert!(
+        two_masters.is_ok(),
+        "two masters of one sentinel set are two deployments"
+    );
+}
+
+/// Redlock over three nodes, one of them a Sentinel deployment: the sentinel node's primary
+/// is SIGKILLed, Redlock keeps granting on the other two meanwhile, and after the promotion
+/// the sentinel node votes again: with one of the plain servers stopped, grants need it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_node_keeps_its_vote_through_a_failover() {
+    use distkit_dlock::RedisLock;
+    use distkit_testkit::{SENTINEL_MASTER, SentinelSetup};
+    let mut setup = SentinelSetup::start(1, 3).unwrap();
+    let mut plain = RedisServer::start_many(2).unwrap();
+    let rl = Redlock::over([
+        RedisLock::sentinel(SENTINEL_MASTER, setup.sentinel_urls()),
+        RedisLock::builder(plain[0].url()),
+        RedisLock::builder(plain[1].url()),
+    ])
+    .ttl(Duration::from_secs(5))
+    .node_timeout(Duration::from_millis(200))
+    .retry_delay(Duration::from_millis(10), Duration::from_millis(30))
+    .build()
+    .unwrap();
+    let g = rl.try_acquire("a").await.unwrap().expect("all three up");
+    g.release().await.unwrap();
+    let killed = setup.kill_primary().unwrap();
+    // While the sentinels promote the replica: two of three still grant.
+    let g = rl
+        .try_acquire("b")
+        .await
+        .unwrap()
+        .expect("a majority is up");
+    g.release().await.unwrap();
+    let settled = tokio::task::spawn_blocking(move || {
+        let r = setup.wait_for_failover(killed, Duration::from_secs(60));
+        (setup, r)
+    });
+    let (_setup, promoted) = settled.await.unwrap();
+    promoted.unwrap();
+    plain[1].kill().unwrap();
+    // Now a grant needs the sentinel node's vote, from the promoted primary. Its first
+    // attempts may meet a connection the old primary left (bounded: 50 tries).
+    let mut granted = None;
+    for _ in 0..50 {
+        match rl.try_acquire("c").await {
+            Ok(Some(g)) => {
+                granted = Some(g);
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => assert!(e.is_retryable(), "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let g = granted.expect("the sentinel node voted after the failover");
+    assert!(g.release().await.unwrap());
+}
