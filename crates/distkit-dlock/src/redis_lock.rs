@@ -64,7 +64,7 @@ impl RedisLockBuilder {
     /// Each write that waits for replicas takes a connection of its own from the pool
     /// ([`pool_size`](Self::pool_size)), since `WAIT` blocks the connection it runs on; with
     /// more callers than connections, the rest wait for one (within the op timeout). The
-    /// timeout must be greater than zero and shorter than the op timeout.
+    /// timeout must be at least 1 ms and shorter than the op timeout.
     ///
     /// **What it buys**: Redis replicates asynchronously, so without it a grant the old
     /// primary acknowledged can vanish when Sentinel promotes a replica that had not received
@@ -143,8 +143,10 @@ impl RedisLockBuilder {
         self
     }
 
-    /// Connections in the pool (default 8, at most [`MAX_POOL_SIZE`]). Each is multiplexed,
-    /// so a few suffice.
+    /// Connections that can be lent out at once (default 8, at most [`MAX_POOL_SIZE`]): to
+    /// writes that wait for replicas ([`min_replicas`](Self::min_replicas)) and to
+    /// [`RedisLock::connection`] callers. Every other command shares one multiplexed
+    /// connection, which comes on top, so even a pool of 1 serves locks and lends one.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
@@ -162,7 +164,7 @@ impl RedisLockBuilder {
     /// renewal interval not shorter than the TTL, a zero timeout, a pool size of 0 or over
     /// [`MAX_POOL_SIZE`], a prefix with braces, a queue entry TTL outside 30 ms to 60 s, a
     /// hand-off window over 1 s, no sentinel or cluster node, or `min_replicas` with a
-    /// replica timeout that is zero or not shorter than the op timeout.
+    /// replica timeout under 1 ms or not shorter than the op timeout.
     pub fn build(self) -> Result<RedisLock, Error> {
         validate_ttl(self.ttl)?;
         if let Some(every) = self.renew_every
@@ -214,18 +216,22 @@ impl RedisLockBuilder {
                 "braces are reserved for the hash tag around the lock name",
             ));
         }
+        // At least 1 ms: `WAIT k 0` waits for ever, and a shorter timeout would round to it.
         if self.min_replicas > 0
-            && (self.replica_timeout.is_zero() || self.replica_timeout >= self.op_timeout)
+            && (self.replica_timeout < Duration::from_millis(1)
+                || self.replica_timeout >= self.op_timeout)
         {
             return Err(Error::invalid_input(
                 "replica timeout",
                 format!(
-                    "it must be greater than zero and shorter than the op timeout ({:?}), got {:?}",
+                    "it must be at least 1 ms and shorter than the op timeout ({:?}), got {:?}",
                     self.op_timeout, self.replica_timeout
                 ),
             ));
         }
-        let (pool, pubsub, endpoint) = self.topology.connect(self.pool_size, self.op_timeout)?;
+        // One more than the lent ones: the shared connection stays checked out while it works.
+        let (pool, pubsub, endpoint) =
+            self.topology.connect(self.pool_size + 1, self.op_timeout)?;
         Ok(RedisLock {
             inner: Arc::new(Inner {
                 notifier: Arc::new(Notifier::new(pubsub, self.op_timeout)),
@@ -809,9 +815,11 @@ impl RedisLock {
         }
         let limit = self.inner.replica_timeout;
         let slot_key = format!("{{{name}}}");
-        let acked: i64 = self
-            .timed(conn.wait_replicas(want, limit.as_millis() as u64, &slot_key))
-            .await?;
+        // Whole milliseconds, rounded up (never 0, which would wait for ever).
+        let ms = u64::try_from(limit.as_micros().div_ceil(1000))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let acked: i64 = self.timed(conn.wait_replicas(want, ms, &slot_key)).await?;
         if acked >= i64::from(want) {
             return Ok(());
         }
@@ -842,31 +850,37 @@ impl PendingGrant {
         self.release = None;
     }
 
-    /// Releases the grant now (the drop would do it in the background).
+    /// Releases the grant now, waiting for it at most `limit`. The release runs as a task
+    /// of its own: a caller cancelled meanwhile (its attempt cut by the op timeout, say)
+    /// cannot take it down halfway, which left a refused grant in Redis for its whole TTL (an
+    /// outside review saw it with a replica timeout close to the op timeout).
     async fn release_now(mut self, limit: Duration) {
-        if let Some((mut conn, release)) = self.release.take() {
-            let released: Result<redis::RedisResult<i64>, _> =
-                tokio::time::timeout(limit, release.invoke_async(&mut conn)).await;
-            if !matches!(released, Ok(Ok(_))) {
-                tracing::debug!("releasing an unreplicated grant failed; it expires with its ttl");
-            }
+        if let Some(task) = self.spawn_release()
+            && !matches!(tokio::time::timeout(limit, task).await, Ok(Ok(())))
+        {
+            tracing::debug!("releasing an unreplicated grant is still under way");
         }
+    }
+
+    /// Sends the release from a task of its own (none outside a runtime: the grant then
+    /// expires with its TTL).
+    fn spawn_release(&mut self) -> Option<tokio::task::JoinHandle<()>> {
+        let (mut conn, release) = self.release.take()?;
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        Some(handle.spawn(async move {
+            let r: redis::RedisResult<i64> = release.invoke_async(&mut conn).await;
+            match r {
+                Ok(1) => tracing::debug!("released a grant its caller did not take"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "releasing a grant its caller did not take failed; it expires with its ttl"),
+            }
+        }))
     }
 }
 
 impl Drop for PendingGrant {
     fn drop(&mut self) {
-        let Some((mut conn, release)) = self.release.take() else {
-            return;
-        };
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let r: redis::RedisResult<i64> = release.invoke_async(&mut conn).await;
-                if let Ok(1) = r {
-                    tracing::debug!("released a grant whose caller was cancelled");
-                }
-            });
-        }
+        let _ = self.spawn_release();
     }
 }
 

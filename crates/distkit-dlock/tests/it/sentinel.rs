@@ -105,6 +105,97 @@ async fn with_a_replica_a_grant_is_on_it_before_it_is_handed_out() {
     g.release().await.unwrap();
 }
 
+/// Found by an outside review: a replica timeout close to the op timeout had the attempt
+/// cut while `WAIT` ran, and the give-back was cancelled with it, leaving the refused grant
+/// in Redis for its whole TTL (30 s); a sub-millisecond timeout became `WAIT 1 0`, which
+/// waits for ever. Now the give-back runs on its own, and under 1 ms is refused at build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_grant_is_given_back_even_when_its_attempt_is_cut() {
+    let primary = RedisServer::start().unwrap();
+    let mut replica = RedisServer::builder()
+        .replica_of(primary.port())
+        .start()
+        .unwrap();
+    for tiny in [Duration::from_nanos(1), Duration::from_micros(999)] {
+        let r = RedisLock::builder(primary.url())
+            .min_replicas(1, tiny)
+            .build();
+        assert!(
+            matches!(r, Err(Error::InvalidInput { .. })),
+            "{tiny:?}: {r:?}"
+        );
+    }
+    let plain = RedisLock::new(primary.url()).unwrap();
+    replica.pause().unwrap();
+    for (i, wait) in [290u64, 299].into_iter().enumerate() {
+        let strict = RedisLock::builder(primary.url())
+            .op_timeout(Duration::from_millis(300))
+            .min_replicas(1, Duration::from_millis(wait))
+            .build()
+            .unwrap();
+        let name = format!("cut-{i}");
+        let err = strict.try_acquire(&name).await.unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        // Given back once the server's WAIT ends (bounded: 3 s, against a 30 s TTL).
+        let mut free = false;
+        for _ in 0..60 {
+            if let Some(g) = plain.try_acquire(&name).await.unwrap() {
+                g.release().await.unwrap();
+                free = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(free, "the refused grant of {name} stayed in Redis");
+    }
+    replica.resume().unwrap();
+}
+
+/// Found by an outside review: the shared connection kept one of the pool's connections for
+/// good, so with `pool_size(1)` the first lock operation left none to lend: `connection()`
+/// timed out for ever, and with `min_replicas` every second grant failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_one_serves_locks_and_lends_a_connection() {
+    let primary = RedisServer::start().unwrap();
+    let _replica = RedisServer::builder()
+        .replica_of(primary.port())
+        .start()
+        .unwrap();
+    let lock = RedisLock::builder(primary.url())
+        .pool_size(1)
+        .min_replicas(1, Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let mut grants = 0;
+    // The replica may still be syncing: bounded retries.
+    for _ in 0..100 {
+        match lock.try_acquire("one").await {
+            Ok(Some(g)) => {
+                g.release().await.unwrap();
+                grants += 1;
+                if grants == 5 {
+                    break;
+                }
+            }
+            Ok(None) => panic!("nobody else holds it"),
+            Err(e) if e.is_retryable() && grants == 0 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("grant {grants}: {e:?}"),
+        }
+    }
+    assert_eq!(grants, 5);
+    for _ in 0..3 {
+        let mut c = lock.connection().await.unwrap();
+        let pong: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
+        assert_eq!(pong, "PONG");
+        // The one lent connection is back in the pool once dropped.
+        drop(c);
+        let g = lock.try_acquire("one").await.unwrap().expect("free");
+        g.release().await.unwrap();
+    }
+}
+
 /// Sentinel: locks of every kind work, the primary is SIGKILLed, and after the promotion the
 /// service follows the new primary: grants resume, fencing tokens keep increasing, a waiter
 /// blocked through the failover is granted, and pub/sub hand-off is prompt again.
