@@ -135,7 +135,30 @@ fn bad_settings() {
             )
             .is_err()
         );
-        assert!(LeaseElection::start("redis://127.0.0.1:1/", "g", id, Duration::ZERO).is_err());
+        assert!(
+            LeaseElection::start("redis://127.0.0.1:1/", "g", id.clone(), Duration::ZERO).is_err()
+        );
+        // Found by an outside review: a group name longer than a lock name was accepted and
+        // nobody ever led.
+        let long = "g".repeat(distkit_dlock::MAX_NAME_LEN + 1);
+        let r = LeaseElection::start(
+            "redis://127.0.0.1:1/",
+            &long,
+            id.clone(),
+            Duration::from_millis(500),
+        );
+        assert!(
+            matches!(r, Err(distkit_core::Error::TooLarge { .. })),
+            "{r:?}"
+        );
+        let longest = "g".repeat(distkit_dlock::MAX_NAME_LEN);
+        let r = LeaseElection::start(
+            "redis://127.0.0.1:1/",
+            &longest,
+            id,
+            Duration::from_millis(500),
+        );
+        assert!(r.is_ok(), "{r:?}");
     });
 }
 
@@ -302,4 +325,67 @@ async fn a_lease_election_over_a_cluster_survives_a_failover_with_one_leader_per
     for m in &ms {
         m.shutdown().await;
     }
+}
+
+/// Found by an outside review: with the server frozen (SIGSTOP), the leader's note write
+/// waited and held up its watch on the lease, so it kept claiming leadership for seconds
+/// after its lease ran out, and once the server came back a second member led beside it.
+/// Sampled every 5 ms through a 1.5 s freeze and after: never two members leading at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_never_leaves_two_members_leading() {
+    let mut redis = RedisServer::start().unwrap();
+    let ms = members(&redis.url(), "frozen", 3, Duration::from_millis(600));
+    for round in 0..2 {
+        let (leader, _) = wait_leader(&ms, None, Duration::from_secs(10)).await;
+        redis.pause().unwrap();
+        let frozen_at = Instant::now();
+        let mut stepped_down = None;
+        // Bounded: 4 s of samples.
+        for _ in 0..800 {
+            let leading: Vec<usize> = (0..ms.len()).filter(|&i| ms[i].is_leader()).collect();
+            assert!(
+                leading.len() <= 1,
+                "round {round}: {leading:?} lead at once"
+            );
+            if stepped_down.is_none() && !ms[leader].is_leader() {
+                stepped_down = Some(frozen_at.elapsed());
+            }
+            if frozen_at.elapsed() > Duration::from_millis(1500) {
+                redis.resume().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        redis.resume().unwrap();
+        let took = stepped_down.expect("the leader of the frozen server stepped down");
+        assert!(
+            took < Duration::from_millis(1500),
+            "round {round}: still leading {took:?} into the freeze, past its 600 ms lease"
+        );
+    }
+}
+
+/// Found by an outside review: when its runtime was dropped, a leader's handles said
+/// "ended" and "leader" at once, for good. A campaign that no longer renews steps down.
+#[test]
+fn a_leader_whose_runtime_is_dropped_steps_down() {
+    let redis = RedisServer::start().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let m = rt.block_on(async {
+        let m = LeaseElection::start(
+            &redis.url(),
+            "dropped",
+            NodeId::new("solo").unwrap(),
+            Duration::from_millis(600),
+        )
+        .unwrap();
+        wait_leader(std::slice::from_ref(&m), None, Duration::from_secs(5)).await;
+        m
+    });
+    drop(rt);
+    assert!(m.has_ended());
+    assert!(!m.is_leader(), "{:?}", m.leadership());
 }
