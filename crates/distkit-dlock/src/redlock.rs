@@ -188,8 +188,14 @@ impl Redlock {
     /// ([`RedisLock::sentinel`]) whose vote survives a failover of its primary, or a
     /// Cluster. Each node keeps its own settings (such as
     /// [`min_replicas`](RedisLockBuilder::min_replicas)) except the TTL, key prefix, op
-    /// timeout (the node timeout) and pool size (4), which are Redlock's. Two nodes that
-    /// share a server or a sentinel are refused: their votes would not be independent.
+    /// timeout (the node timeout) and pool size (4), which are Redlock's.
+    ///
+    /// Two nodes that share a server URL, a sentinel (of the same master) or a cluster seed
+    /// are refused, their votes would not be independent, in whatever spelling of the same
+    /// address (`127.1`, `[::ffff:127.0.0.1]`, another database or user on one server).
+    /// Overlaps only the network reveals are not detected, since `build` asks no server:
+    /// a Sentinel node and a plain URL of its primary, one cluster through two disjoint seed
+    /// lists, two host names of one address. Keep the nodes truly apart.
     pub fn over(nodes: impl IntoIterator<Item = RedisLockBuilder>) -> RedlockBuilder {
         RedlockBuilder {
             nodes: nodes.into_iter().collect(),

@@ -232,6 +232,40 @@ impl PubSubSource {
     }
 }
 
+/// The server a URL names, in one spelling whatever the URL's: `ip:port` for an address
+/// written in any numeric form (`127.1`, `2130706433`, `[::ffff:127.0.0.1]`), the lower-cased
+/// host name otherwise; the database, user, password and options do not change the server.
+/// No name is resolved over the network. An unparsable URL stays as written (the build
+/// refuses it later).
+fn server_address(url: &str) -> String {
+    let Ok(client) = redis::Client::open(url.trim()) else {
+        return url.trim().to_owned();
+    };
+    let (host, port) = match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+        redis::ConnectionAddr::Unix(path) => return format!("unix:{}", path.display()),
+        other => return other.to_string(),
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return std::net::SocketAddr::new(ip.to_canonical(), port).to_string();
+    }
+    // The short and whole-number IPv4 forms (`127.1`, `2130706433`) that the C resolver
+    // accepts without asking the network.
+    if !bare.is_empty() && bare.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        use std::net::ToSocketAddrs;
+        if let Some(addr) = (bare, port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+        {
+            return std::net::SocketAddr::new(addr.ip().to_canonical(), port).to_string();
+        }
+    }
+    format!("{}:{port}", bare.to_ascii_lowercase())
+}
+
 fn bad_url(e: impl std::fmt::Display) -> Error {
     Error::invalid_input(
         "redis url",
@@ -243,7 +277,7 @@ impl Topology {
     /// Names for the servers this deployment is reached through: two deployments that share
     /// one are not independent (Redlock refuses them).
     pub(crate) fn servers(&self) -> Vec<String> {
-        let trim = |u: &String| u.trim().trim_end_matches('/').to_owned();
+        let trim = |u: &String| server_address(u);
         match self {
             Self::Single(url) => vec![trim(url)],
             Self::Sentinel { master, sentinels } => sentinels

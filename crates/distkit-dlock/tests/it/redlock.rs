@@ -169,6 +169,32 @@ fn nodes_sharing_a_sentinel_are_refused() {
         two_masters.is_ok(),
         "two masters of one sentinel set are two deployments"
     );
+    // Found by an outside review: other spellings of one server were taken for other
+    // servers, and with that server down such a Redlock refused every grant.
+    for other in [
+        "redis://127.0.0.1:7/0",
+        "redis://:@127.0.0.1:7/",
+        "REDIS://127.0.0.1:7/",
+        "redis://[::ffff:127.0.0.1]:7/",
+        "redis://127.1:7/",
+        "redis://2130706433:7/",
+        "redis://127.0.0.1:7/?protocol=resp2",
+        "redis://user@127.0.0.1:7/",
+        "redis://127.0.0.1:07/",
+    ] {
+        let r = Redlock::builder(["redis://127.0.0.1:7/", other, "redis://127.0.0.1:8/"]).build();
+        assert!(
+            matches!(r, Err(Error::InvalidInput { .. })),
+            "{other}: {r:?}"
+        );
+    }
+    let sentinel_twice = Redlock::over([
+        RedisLock::sentinel("m", ["redis://127.0.0.1:1/"]),
+        RedisLock::sentinel("m", ["redis://127.1:1/0"]),
+        RedisLock::builder("redis://127.0.0.1:3/"),
+    ])
+    .build();
+    assert!(sentinel_twice.is_err(), "{sentinel_twice:?}");
 }
 
 /// Redlock over three nodes, one of them a Sentinel deployment: the sentinel node's primary
