@@ -555,8 +555,9 @@ impl RedisLock {
         &self,
         call: redis::ScriptInvocation<'static>,
     ) -> Result<T, Error> {
+        let since = Instant::now();
         let mut conn = self.conn().await?;
-        self.timed(call.invoke_async(&mut conn)).await
+        self.timed(since, call.invoke_async(&mut conn)).await
     }
 
     /// A lock service for `url` with default settings.
@@ -602,9 +603,10 @@ impl RedisLock {
     ///
     /// [`Error::Unavailable`], [`Error::Timeout`] or [`Error::Protocol`] (bad credentials).
     pub async fn ping(&self) -> Result<(), Error> {
+        let since = Instant::now();
         let mut conn = self.conn().await?;
         let _: String = self
-            .timed(redis::cmd("PING").query_async(&mut conn))
+            .timed(since, redis::cmd("PING").query_async(&mut conn))
             .await?;
         Ok(())
     }
@@ -618,9 +620,13 @@ impl RedisLock {
     pub async fn last_fencing_token(&self, name: &str) -> Result<Option<FencingToken>, Error> {
         validate(name)?;
         let keys = Keys::new(&self.inner.prefix, name);
+        let since = Instant::now();
         let mut conn = self.conn().await?;
         let v: Option<u64> = self
-            .timed(redis::cmd("GET").arg(&keys.fence).query_async(&mut conn))
+            .timed(
+                since,
+                redis::cmd("GET").arg(&keys.fence).query_async(&mut conn),
+            )
             .await?;
         Ok(v.map(FencingToken::new))
     }
@@ -653,11 +659,16 @@ impl RedisLock {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Runs one command within what is left of the op timeout since `since` (taken before
+    /// the connection was fetched: the op timeout bounds both, as documented; an outside
+    /// review saw `is_held` take two op timeouts).
     async fn timed<T>(
         &self,
+        since: Instant,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, Error> {
-        let r = match tokio::time::timeout(self.inner.op_timeout, fut).await {
+        let left = self.inner.op_timeout.saturating_sub(since.elapsed());
+        let r = match tokio::time::timeout(left, fut).await {
             Ok(r) => r.map_err(|e| from_redis(&self.inner.endpoint, self.inner.op_timeout, e)),
             Err(_) => Err(Error::Timeout {
                 operation: "redis command",
@@ -694,11 +705,12 @@ impl RedisLock {
         release: redis::ScriptInvocation<'static>,
         lock: &str,
     ) -> Result<Attempt, Error> {
+        let since = Instant::now();
         let (mut mux, _dedicated) = self.writer().await?;
         let pending = PendingGrant {
             release: Some((mux.clone(), release)),
         };
-        let reply: Result<(u8, i64), Error> = self.timed(call.invoke_async(&mut mux)).await;
+        let reply: Result<(u8, i64), Error> = self.timed(since, call.invoke_async(&mut mux)).await;
         match reply {
             Ok((1, fence)) => {
                 let Ok(fence) = u64::try_from(fence) else {
@@ -737,9 +749,11 @@ impl RedisLock {
         fence: FencingToken,
     ) -> Result<bool, Error> {
         let keys = Keys::new(&self.inner.prefix, name);
+        let since = Instant::now();
         let mut conn = self.conn().await?;
         let n: i64 = self
             .timed(
+                since,
                 scripts::RELEASE_RAISING
                     .key(&keys.lock)
                     .key(&keys.fence)
@@ -771,10 +785,11 @@ impl RedisLock {
     ) -> Result<bool, Error> {
         validate_ttl(ttl)?;
         let target = Target::new(&self.inner.prefix, lease.name(), kind, lease.token());
-        let sent = Instant::now();
+        let since = Instant::now();
         let (mut conn, _dedicated) = self.writer().await?;
         let n: i64 = self
             .timed(
+                since,
                 target
                     .extend(ttl.as_millis() as u64)
                     .invoke_async(&mut conn),
@@ -783,7 +798,7 @@ impl RedisLock {
         if n == 1 {
             self.replicated(&mut conn, "extension", lease.name())
                 .await?;
-            lease.renewed(ttl, sent + ttl);
+            lease.renewed(ttl, since + ttl);
         }
         Ok(n == 1)
     }
@@ -819,7 +834,9 @@ impl RedisLock {
         let ms = u64::try_from(limit.as_micros().div_ceil(1000))
             .unwrap_or(u64::MAX)
             .max(1);
-        let acked: i64 = self.timed(conn.wait_replicas(want, ms, &slot_key)).await?;
+        let acked: i64 = self
+            .timed(Instant::now(), conn.wait_replicas(want, ms, &slot_key))
+            .await?;
         if acked >= i64::from(want) {
             return Ok(());
         }

@@ -394,6 +394,22 @@ impl Pool {
         endpoint: &str,
         op_timeout: Duration,
     ) -> Result<(Conn, Pooled), Error> {
+        // The pool's own timeouts apply one after another (recycling an idle connection,
+        // then making a new one), so together they can exceed the op timeout: bound the lot.
+        match tokio::time::timeout(op_timeout, self.get_unbounded(endpoint, op_timeout)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                operation: "getting a redis connection",
+                after: op_timeout,
+            }),
+        }
+    }
+
+    async fn get_unbounded(
+        &self,
+        endpoint: &str,
+        op_timeout: Duration,
+    ) -> Result<(Conn, Pooled), Error> {
         let failed = |e| from_pool(endpoint, op_timeout, e);
         match self {
             Self::Single(p) => {

@@ -297,3 +297,38 @@ async fn replica_acknowledgement_on_a_cluster_asks_the_slots_primary() {
         "granted {granted}, refused {refused}"
     );
 }
+
+/// Found by an outside review: with the primary owning a lock's slot frozen, `is_held` took
+/// 4.3 s against a 2 s op timeout (the wait for a connection and the command each had one).
+/// The op timeout bounds an operation as a whole; here with room for the machine's noise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_slot_owner_costs_one_op_timeout() {
+    let mut cluster = RedisCluster::start(3, 1).unwrap();
+    let op = Duration::from_millis(500);
+    let lock = RedisLock::cluster(cluster.urls())
+        .ttl(Duration::from_secs(10))
+        .op_timeout(op)
+        .build()
+        .unwrap();
+    let g = lock.try_acquire("frozen").await.unwrap().expect("free");
+    let owner = cluster.owner_of("distkit:lock:{frozen}").unwrap();
+    let i = cluster
+        .nodes
+        .iter()
+        .position(|n| n.port() == owner)
+        .unwrap();
+    cluster.nodes[i].pause().unwrap();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = g.is_held().await;
+        slowest = slowest.max(started.elapsed());
+        assert!(r.is_err(), "{r:?}");
+        assert!(r.unwrap_err().is_retryable());
+    }
+    cluster.nodes[i].resume().unwrap();
+    assert!(
+        slowest < op * 2,
+        "is_held took {slowest:?} with a {op:?} op timeout"
+    );
+}
