@@ -84,7 +84,8 @@
 //!   released lock back (renewal is compare-token and never creates the key); loss is reported
 //!   through [`LockGuard::lost`](distkit_core::LockGuard::lost).
 //! * **Cancellation-safe**: dropping an acquire future while its grant is in flight releases
-//!   the grant on the same connection; dropping a guard releases in the background.
+//!   the grant on the same connection; dropping a guard releases in the background (on the
+//!   runtime it is dropped in; dropped outside any runtime, the lock expires with its TTL).
 //! * **Typed errors**: Redis down, slow, restarting, a wrong password or a key holding another
 //!   program's value are [`Error`](distkit_core::Error)s that say what to do, never a panic or a
 //!   false "acquired".

@@ -78,7 +78,11 @@ impl RedisLockBuilder {
     /// floored by the server's clock, so they keep increasing across a promotion as long as
     /// the servers' clocks do not step back, and a fenced store refuses the stale holder.
     ///
-    /// With replicas down, every grant waits up to `timeout` and is then refused.
+    /// With replicas down, every grant waits up to `timeout` and is then refused; so is every
+    /// grant when `replicas` is more than the primary has (the count is not checked against
+    /// the deployment, which can change). After a failover the promoted replica starts with
+    /// the replicas that follow it: with one replica per primary, none is left, and grants are
+    /// refused until one returns, so give each primary at least two.
     ///
     /// **On a Redis Cluster** `WAIT` goes to the primary that owns the lock's slot, on the
     /// connection that sent the script, and a cluster failover promotes the replica with the
