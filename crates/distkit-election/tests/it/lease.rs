@@ -1,3 +1,6 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use distkit_core::{LeaderElector, NodeId, Role};
@@ -29,6 +32,39 @@ async fn wait_leader(
         assert!(start.elapsed() < limit, "no leader within {limit:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Samples every member's leadership every 5 ms (at most 60 s) until `stop`, panicking on
+/// two leaders of one term; returns each term's leader.
+fn sample_terms(
+    ms: &[LeaseElection],
+) -> (
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<HashMap<u64, String>>,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (ms, stop) = (ms.to_vec(), stop.clone());
+        async move {
+            let mut leaders: HashMap<u64, String> = HashMap::new();
+            for _ in 0..12_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                for m in &ms {
+                    let l = m.leadership();
+                    if l.is_leader() {
+                        let id = m.id().to_string();
+                        let prev = leaders.entry(l.term.get()).or_insert_with(|| id.clone());
+                        assert_eq!(*prev, id, "two leaders of term {}", l.term.get());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            leaders
+        }
+    });
+    (stop, sampler)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +203,6 @@ fn bad_settings() {
 /// sampled every 5 ms throughout, no term ever has two leaders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_election_over_sentinel_survives_a_failover_with_one_leader_per_term() {
-    use std::collections::HashMap;
     let mut setup = distkit_testkit::SentinelSetup::start(2, 3).unwrap();
     let lease = Duration::from_millis(600);
     let ms: Vec<LeaseElection> = (0..3)
@@ -184,29 +219,7 @@ async fn a_lease_election_over_sentinel_survives_a_failover_with_one_leader_per_
         .collect();
     let (first, _) = wait_leader(&ms, None, Duration::from_secs(10)).await;
     let first_term = ms[first].leadership().term;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = tokio::spawn({
-        let (ms, stop) = (ms.clone(), stop.clone());
-        async move {
-            let mut leaders: HashMap<u64, String> = HashMap::new();
-            // Bounded: at most 60 s of samples.
-            for _ in 0..12_000 {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                for m in &ms {
-                    let l = m.leadership();
-                    if l.is_leader() {
-                        let id = m.id().to_string();
-                        let prev = leaders.entry(l.term.get()).or_insert_with(|| id.clone());
-                        assert_eq!(*prev, id, "two leaders of term {}", l.term.get());
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            leaders
-        }
-    });
+    let (stop, sampler) = sample_terms(&ms);
     let killed = setup.kill_primary().unwrap();
     let settled = tokio::task::spawn_blocking(move || {
         let r = setup.wait_for_failover(killed, Duration::from_secs(60));
@@ -217,7 +230,7 @@ async fn a_lease_election_over_sentinel_survives_a_failover_with_one_leader_per_
     // A leader within the lease (plus a few renewals) after the promotion settled.
     let (now, _) = wait_leader(&ms, None, Duration::from_secs(5)).await;
     assert!(ms[now].leadership().term >= first_term);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let leaders = sampler.await.expect("no term had two leaders");
     assert!(!leaders.is_empty());
     for m in &ms {
@@ -231,9 +244,6 @@ async fn a_lease_election_over_sentinel_survives_a_failover_with_one_leader_per_
 /// leader note names the leader on the promoted replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_election_over_a_cluster_survives_a_failover_with_one_leader_per_term() {
-    use std::collections::HashMap;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let mut cluster = distkit_testkit::RedisCluster::start(3, 1).unwrap();
     let lease = Duration::from_millis(600);
     let ms: Vec<LeaseElection> = (0..3)
@@ -261,29 +271,7 @@ async fn a_lease_election_over_a_cluster_survives_a_failover_with_one_leader_per
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn({
-        let (ms, stop) = (ms.clone(), stop.clone());
-        async move {
-            let mut leaders: HashMap<u64, String> = HashMap::new();
-            // Bounded: at most 60 s of samples.
-            for _ in 0..12_000 {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                for m in &ms {
-                    let l = m.leadership();
-                    if l.is_leader() {
-                        let id = m.id().to_string();
-                        let prev = leaders.entry(l.term.get()).or_insert_with(|| id.clone());
-                        assert_eq!(*prev, id, "two leaders of term {}", l.term.get());
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            leaders
-        }
-    });
+    let (stop, sampler) = sample_terms(&ms);
     let owner = cluster.owner_of("distkit:election:{cl}").unwrap();
     let replica = cluster.replica_of(owner).unwrap();
     let primary = cluster
