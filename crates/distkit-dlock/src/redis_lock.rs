@@ -55,7 +55,9 @@ impl RedisLockBuilder {
     /// than the op timeout; default off).
     ///
     /// A grant that fewer replicas acknowledged is released at once and reported as a
-    /// retryable [`Error::Unavailable`]; it is never handed to the caller (its fencing
+    /// retryable [`Error::Unavailable`] (or [`Error::Timeout`] when the op timeout ran out
+    /// first; the grant is then given back as soon as the server's `WAIT` ends); it is never
+    /// handed to the caller (its fencing
     /// number is used up all the same). An extension that fewer acknowledged is reported the
     /// same way and not counted: the lease keeps its old validity, though the primary has
     /// applied the longer TTL (a `PEXPIRE` cannot be taken back); a replica promoted then
@@ -469,6 +471,7 @@ impl RedisLock {
             // end with the wait, so a slow or paused server cannot hold an acquire past it
             // (an outside review saw 4.8 s for a 3 s wait). A cut attempt's grant, if its
             // script ran, is released by `PendingGrant`.
+            let cut_by_op_timeout = first;
             let limit = if first {
                 self.inner.op_timeout
             } else {
@@ -481,9 +484,16 @@ impl RedisLock {
             let attempt = self.attempt_call(call, target.release(0), name);
             let outcome = match tokio::time::timeout(limit, attempt).await {
                 Ok(outcome) => outcome,
+                // Say which limit cut it (an outside review met "after 0ns" on a try whose
+                // replica acknowledgement ran past the op timeout).
+                Err(_) if cut_by_op_timeout => Err(Error::Timeout {
+                    operation: "a lock attempt (the op timeout ran out during it; with \
+                                min_replicas, the wait for replicas counts in it)",
+                    after: limit,
+                }),
                 Err(_) => Err(Error::Timeout {
                     operation: "acquiring a lock (the wait ran out during an attempt)",
-                    after: wait,
+                    after: started.elapsed(),
                 }),
             };
             woken = false;

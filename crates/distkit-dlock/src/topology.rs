@@ -233,7 +233,8 @@ impl PubSubSource {
 }
 
 /// The server a URL names, in one spelling whatever the URL's: `ip:port` for an address
-/// written in any numeric form (`127.1`, `2130706433`, `[::ffff:127.0.0.1]`), the lower-cased
+/// written in any numeric form (`127.1`, `2130706433`, `0x7f.0.0.1`, `[::ffff:127.0.0.1]`,
+/// a trailing dot), the lower-cased
 /// host name otherwise; the database, user, password and options do not change the server.
 /// No name is resolved over the network. An unparsable URL stays as written (the build
 /// refuses it later).
@@ -247,23 +248,49 @@ fn server_address(url: &str) -> String {
         redis::ConnectionAddr::Unix(path) => return format!("unix:{}", path.display()),
         other => return other.to_string(),
     };
+    // A trailing dot names the same host (the DNS root).
     let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let bare = bare.strip_suffix('.').unwrap_or(bare);
     if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
         return std::net::SocketAddr::new(ip.to_canonical(), port).to_string();
     }
-    // The short and whole-number IPv4 forms (`127.1`, `2130706433`) that the C resolver
-    // accepts without asking the network.
-    if !bare.is_empty() && bare.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        use std::net::ToSocketAddrs;
-        if let Some(addr) = (bare, port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-        {
-            return std::net::SocketAddr::new(addr.ip().to_canonical(), port).to_string();
-        }
+    if let Some(ip) = inet_aton(bare) {
+        return std::net::SocketAddr::new(ip.into(), port).to_string();
     }
     format!("{}:{port}", bare.to_ascii_lowercase())
+}
+
+/// The IPv4 forms the C resolver takes without asking the network (`inet_aton`): one to
+/// four parts, each decimal, octal (leading `0`) or hexadecimal (`0x`), the last filling the
+/// bytes left (`127.1`, `2130706433`, `0x7f.0.0.1`, `0177.0.0.1`).
+fn inet_aton(s: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<u64> = s
+        .split('.')
+        .map(|p| {
+            if let Some(hex) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+                u64::from_str_radix(hex, 16).ok()
+            } else if p.len() > 1 && p.starts_with('0') {
+                u64::from_str_radix(&p[1..], 8).ok()
+            } else if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) {
+                p.parse().ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<_>>()?;
+    let (last, head) = parts.split_last()?;
+    if head.len() > 3 || head.iter().any(|p| *p > 255) {
+        return None;
+    }
+    let room = 8 * (4 - head.len() as u32);
+    if room < 64 && *last >= 1u64 << room {
+        return None;
+    }
+    let mut n = 0u64;
+    for (i, p) in head.iter().enumerate() {
+        n |= p << (24 - 8 * i as u32);
+    }
+    u32::try_from(n | last).ok().map(std::net::Ipv4Addr::from)
 }
 
 fn bad_url(e: impl std::fmt::Display) -> Error {
@@ -430,5 +457,53 @@ impl Pool {
                 Ok((Conn::Cluster((*c).clone()), Pooled::Cluster(c)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{inet_aton, server_address};
+
+    #[test]
+    fn numeric_spellings_name_one_server() {
+        for s in [
+            "127.0.0.1",
+            "127.1",
+            "127.0.1",
+            "2130706433",
+            "0x7f.0.0.1",
+            "0x7f000001",
+            "0177.0.0.1",
+            "0x7F.0.0.01",
+        ] {
+            assert_eq!(inet_aton(s), Some([127, 0, 0, 1].into()), "{s}");
+        }
+        for s in [
+            "",
+            ".",
+            "1.2.3.4.5",
+            "256.0.0.1",
+            "1.2.3.256",
+            "0x",
+            "08",
+            "a.b",
+            "1..2",
+            "4294967296",
+        ] {
+            assert_eq!(inet_aton(s), None, "{s}");
+        }
+        let one = server_address("redis://127.0.0.1:7/");
+        for other in [
+            "redis://127.0.0.1.:7/",
+            "redis://0x7f.0.0.1:7/",
+            "redis://[::ffff:127.0.0.1]:7/1",
+        ] {
+            assert_eq!(server_address(other), one, "{other}");
+        }
+        assert_ne!(server_address("redis://127.0.0.2:7/"), one);
+        assert_eq!(
+            server_address("redis://Cache.Example:7/"),
+            "cache.example:7"
+        );
     }
 }

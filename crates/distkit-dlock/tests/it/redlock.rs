@@ -181,6 +181,9 @@ fn nodes_sharing_a_sentinel_are_refused() {
         "redis://127.0.0.1:7/?protocol=resp2",
         "redis://user@127.0.0.1:7/",
         "redis://127.0.0.1:07/",
+        "redis://0x7f.0.0.1:7/",
+        "redis://0x7f000001:7/",
+        "redis://127.0.0.1.:7/",
     ] {
         let r = Redlock::builder(["redis://127.0.0.1:7/", other, "redis://127.0.0.1:8/"]).build();
         assert!(
