@@ -174,7 +174,7 @@ pub use local_family::{LocalFairLock, LocalRwLock, LocalSemaphore};
 #[doc(inline)]
 pub use multi::{MAX_MULTI, MultiGuard, MultiLock};
 #[doc(inline)]
-pub use name::MAX_NAME_LEN;
+pub use name::{MAX_NAME_LEN, check_name};
 #[doc(inline)]
 pub use redis_lock::{
     DEFAULT_HANDOFF_WINDOW, DEFAULT_OP_TIMEOUT, DEFAULT_PREFIX, DEFAULT_QUEUE_ENTRY_TTL,

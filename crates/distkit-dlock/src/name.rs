@@ -8,15 +8,24 @@ pub const MAX_NAME_LEN: usize = 256;
 /// Checks a lock name: 1 to [`MAX_NAME_LEN`] bytes, no control characters, no `{` or `}`
 /// (they would break the hash tag that keeps a lock's keys in one cluster slot).
 pub(crate) fn validate(name: &str) -> Result<(), Error> {
-    let bad = |reason: String| Error::InvalidInput {
-        what: "lock name",
-        reason,
-    };
+    check_name("lock name", name)
+}
+
+/// Checks `name` against the rules of a lock name (1 to [`MAX_NAME_LEN`] bytes, no control
+/// characters, no `{` or `}`), for a name that becomes one, such as an election group;
+/// `what` names it in the error.
+///
+/// # Errors
+///
+/// [`Error::InvalidInput`] for an empty name or one with a control character or a brace;
+/// [`Error::TooLarge`] for one over [`MAX_NAME_LEN`] bytes.
+pub fn check_name(what: &'static str, name: &str) -> Result<(), Error> {
+    let bad = |reason: String| Error::InvalidInput { what, reason };
     if name.is_empty() {
         return Err(bad("it is empty".into()));
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(Error::too_large("lock name", name.len(), MAX_NAME_LEN));
+        return Err(Error::too_large(what, name.len(), MAX_NAME_LEN));
     }
     if let Some(c) = name
         .chars()

@@ -600,11 +600,7 @@ impl RedisLock {
     /// [`Error::Unavailable`] or [`Error::Timeout`] when no connection can be made within
     /// the op timeout.
     pub async fn connection(&self) -> Result<RedisConnection, Error> {
-        let (conn, pooled) = self
-            .inner
-            .pool
-            .get(&self.inner.endpoint, self.inner.op_timeout)
-            .await?;
+        let (conn, pooled) = self.checkout().await?;
         Ok(RedisConnection {
             conn,
             _pooled: pooled,
@@ -645,17 +641,21 @@ impl RedisLock {
         Ok(v.map(FencingToken::new))
     }
 
+    /// A connection of the pool, checked out until the [`Pooled`] is dropped.
+    async fn checkout(&self) -> Result<(Conn, Pooled), Error> {
+        self.inner
+            .pool
+            .get(&self.inner.endpoint, self.inner.op_timeout)
+            .await
+    }
+
     /// A clone of the live connection (multiplexed, or a cluster's), checking one out of the
     /// pool when there is none (first use, or after a failure dropped it).
     async fn conn(&self) -> Result<Conn, Error> {
         if let Some(live) = self.live().as_ref() {
             return Ok(live.mux.clone());
         }
-        let (mux, pooled) = self
-            .inner
-            .pool
-            .get(&self.inner.endpoint, self.inner.op_timeout)
-            .await?;
+        let (mux, pooled) = self.checkout().await?;
         let mut live = self.live();
         if live.is_none() {
             *live = Some(Live {
@@ -826,11 +826,7 @@ impl RedisLock {
         if self.inner.min_replicas == 0 {
             return Ok((self.conn().await?, None));
         }
-        let (conn, pooled) = self
-            .inner
-            .pool
-            .get(&self.inner.endpoint, self.inner.op_timeout)
-            .await?;
+        let (conn, pooled) = self.checkout().await?;
         Ok((conn, Some(pooled)))
     }
 

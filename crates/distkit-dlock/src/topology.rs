@@ -304,14 +304,13 @@ impl Topology {
     /// Names for the servers this deployment is reached through: two deployments that share
     /// one are not independent (Redlock refuses them).
     pub(crate) fn servers(&self) -> Vec<String> {
-        let trim = |u: &String| server_address(u);
         match self {
-            Self::Single(url) => vec![trim(url)],
+            Self::Single(url) => vec![server_address(url)],
             Self::Sentinel { master, sentinels } => sentinels
                 .iter()
-                .map(|s| format!("{master} via {}", trim(s)))
+                .map(|s| format!("{master} via {}", server_address(s)))
                 .collect(),
-            Self::Cluster(nodes) => nodes.iter().map(trim).collect(),
+            Self::Cluster(nodes) => nodes.iter().map(|n| server_address(n)).collect(),
         }
     }
 

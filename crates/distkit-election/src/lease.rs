@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use distkit_core::{
     AcquireOptions, DistributedLock, Error, LeaderElector, Leadership, NodeId, Role, Term,
 };
-use distkit_dlock::{MAX_NAME_LEN, RedisConnection, RedisLock, RedisLockBuilder};
+use distkit_dlock::{RedisConnection, RedisLock, RedisLockBuilder};
 use redis::AsyncCommands;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -159,21 +159,9 @@ impl LeaseElection {
     }
 
     fn campaign(lock: RedisLock, group: &str, id: NodeId, lease: Duration) -> Result<Self, Error> {
-        if group.is_empty() || group.contains(['{', '}']) || group.chars().any(char::is_control) {
-            return Err(Error::invalid_input(
-                "election group",
-                "it must be non-empty, without braces or control characters",
-            ));
-        }
-        // The group names the lock: a longer name was accepted here and refused by every
-        // acquire, so nobody ever led (found by an outside review).
-        if group.len() > MAX_NAME_LEN {
-            return Err(Error::too_large(
-                "election group",
-                group.len(),
-                MAX_NAME_LEN,
-            ));
-        }
+        // The group names the lock: the lock's own rules, so a name every acquire refuses
+        // (one over MAX_NAME_LEN bytes was, and nobody ever led) is refused here.
+        distkit_dlock::check_name("election group", group)?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| Error::Unavailable {
             endpoint: id.to_string(),
             reason: "a lease election needs a tokio runtime to run on (start it inside one)".into(),
