@@ -316,6 +316,16 @@ impl RedisServer {
         resp::read(&mut reader, self.port)
     }
 
+    /// Whether the text `args` answer contains `want` (false when the server does not answer
+    /// with text).
+    #[must_use]
+    pub fn reports(&self, args: &[&str], want: &str) -> bool {
+        self.command(args)
+            .ok()
+            .and_then(|r| r.as_text())
+            .is_some_and(|t| t.contains(want))
+    }
+
     /// Kills the process with `SIGKILL` (a crash) and waits for it to exit.
     ///
     /// # Errors
@@ -674,18 +684,34 @@ impl SentinelSetup {
         what: &str,
         mut done: impl FnMut(&Self) -> bool,
     ) -> Result<(), TestkitError> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if done(self) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(TestkitError::NotReady {
-            port: self.servers[0].port(),
-            reason: format!("the sentinel setup did not reach: {what} within {timeout:?}"),
-        })
+        poll_until(
+            timeout,
+            self.servers[0].port(),
+            &format!("the sentinel setup: {what}"),
+            || done(self),
+        )
     }
+}
+
+/// Checks `done` every 50 ms until it holds, or fails after `timeout` saying `what` was not
+/// reached (reported against `port`).
+fn poll_until(
+    timeout: Duration,
+    port: u16,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), TestkitError> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(TestkitError::NotReady {
+        port,
+        reason: format!("not reached within {timeout:?}: {what}"),
+    })
 }
 
 /// The primary's port as `sentinel` names it.
@@ -732,31 +758,19 @@ impl RedisCluster {
         args.extend(["--cluster-replicas".into(), replicas.to_string()]);
         args.push("--cluster-yes".into());
         cluster.cli(&args)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let info = |n: &RedisServer, section: &str, want: &str| {
-            n.command(&["INFO", section])
-                .ok()
-                .and_then(|r| r.as_text())
-                .is_some_and(|t| t.contains(want))
-        };
         // Every node sees the cluster ok, and every replica has finished its first sync.
-        while !cluster.nodes.iter().enumerate().all(|(i, n)| {
-            n.command(&["CLUSTER", "INFO"])
-                .ok()
-                .and_then(|r| r.as_text())
-                .is_some_and(|t| t.contains("cluster_state:ok"))
-                && (i < primaries || info(n, "replication", "master_link_status:up"))
-        }) {
-            if Instant::now() > deadline {
-                return Err(TestkitError::NotReady {
-                    port: cluster.nodes[0].port(),
-                    reason: "the cluster did not reach cluster_state:ok with its replicas \
-                             in sync within 30 s"
-                        .into(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        poll_until(
+            Duration::from_secs(30),
+            cluster.nodes[0].port(),
+            "the cluster: cluster_state:ok with its replicas in sync",
+            || {
+                cluster.nodes.iter().enumerate().all(|(i, n)| {
+                    n.reports(&["CLUSTER", "INFO"], "cluster_state:ok")
+                        && (i < primaries
+                            || n.reports(&["INFO", "replication"], "master_link_status:up"))
+                })
+            },
+        )?;
         Ok(cluster)
     }
 

@@ -284,15 +284,9 @@ async fn a_lease_election_over_a_cluster_survives_a_failover_with_one_leader_per
     let promoted = tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let role = cluster.nodes[replica].command(&["ROLE"]).ok();
-            let ok = cluster.nodes[replica]
-                .command(&["CLUSTER", "INFO"])
-                .ok()
-                .and_then(|r| r.as_text())
-                .is_some_and(|t| t.contains("cluster_state:ok"));
-            if ok
-                && matches!(role, Some(distkit_testkit::Reply::Array(r))
-                    if r.first() == Some(&distkit_testkit::Reply::Bulk(b"master".to_vec())))
+            let node = &cluster.nodes[replica];
+            if node.reports(&["INFO", "replication"], "role:master")
+                && node.reports(&["CLUSTER", "INFO"], "cluster_state:ok")
             {
                 return (cluster, true);
             }
