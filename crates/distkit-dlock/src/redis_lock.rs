@@ -235,9 +235,11 @@ impl RedisLockBuilder {
                 ),
             ));
         }
-        // One more than the lent ones: the shared connection stays checked out while it works.
-        let (pool, pubsub, endpoint) =
-            self.topology.connect(self.pool_size + 1, self.op_timeout)?;
+        let (pool, pubsub, endpoint) = self.topology.connect(self.pool_size, self.op_timeout)?;
+        // The shared connection has a pool of its own: lent connections can never take its
+        // place (with one pool, lending before the first lock operation, or after a failure
+        // dropped the shared one, left the locks waiting for a lent one to come back).
+        let shared = self.topology.pool(1, self.op_timeout)?;
         Ok(RedisLock {
             inner: Arc::new(Inner {
                 notifier: Arc::new(Notifier::new(pubsub, self.op_timeout)),
@@ -245,6 +247,8 @@ impl RedisLockBuilder {
                 replica_timeout: self.replica_timeout,
                 pool,
                 live: std::sync::Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+                shared,
                 endpoint,
                 prefix: self.prefix,
                 ttl: self.ttl,
@@ -295,6 +299,7 @@ pub struct RedisLock {
 }
 
 struct Inner {
+    /// Connections lent out: to writes that wait for replicas, and to `connection()`.
     pool: Pool,
     /// Replicas that must acknowledge a grant or an extension (`WAIT`), and for how long.
     min_replicas: u32,
@@ -303,6 +308,10 @@ struct Inner {
     /// operation uses a clone of it; checking out per operation would cost deadpool's recycle
     /// check (an extra round trip) each time.
     live: std::sync::Mutex<Option<Live>>,
+    /// The one shared connection's pool, apart from the lent ones in `pool`.
+    shared: Pool,
+    /// Held while the live connection is being made.
+    connecting: tokio::sync::Mutex<()>,
     notifier: Arc<Notifier>,
     endpoint: String,
     prefix: String,
@@ -649,20 +658,27 @@ impl RedisLock {
             .await
     }
 
-    /// A clone of the live connection (multiplexed, or a cluster's), checking one out of the
-    /// pool when there is none (first use, or after a failure dropped it).
+    /// A clone of the live connection (multiplexed, or a cluster's), checking the shared one
+    /// out of its own pool when there is none (first use, or after a failure dropped it).
     async fn conn(&self) -> Result<Conn, Error> {
         if let Some(live) = self.live().as_ref() {
             return Ok(live.mux.clone());
         }
-        let (mux, pooled) = self.checkout().await?;
-        let mut live = self.live();
-        if live.is_none() {
-            *live = Some(Live {
-                mux: mux.clone(),
-                _pooled: pooled,
-            });
+        // One caller connects; the others wait for it and share what it made (the shared
+        // pool holds one connection, which the live one keeps checked out).
+        let _connecting = self.inner.connecting.lock().await;
+        if let Some(live) = self.live().as_ref() {
+            return Ok(live.mux.clone());
         }
+        let (mux, pooled) = self
+            .inner
+            .shared
+            .get(&self.inner.endpoint, self.inner.op_timeout)
+            .await?;
+        *self.live() = Some(Live {
+            mux: mux.clone(),
+            _pooled: pooled,
+        });
         Ok(mux)
     }
 

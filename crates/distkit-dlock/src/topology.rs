@@ -320,20 +320,11 @@ impl Topology {
         pool_size: usize,
         op_timeout: Duration,
     ) -> Result<(Pool, PubSubSource, String), Error> {
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(pool_size);
-        pool_cfg.timeouts.wait = Some(op_timeout);
-        pool_cfg.timeouts.create = Some(op_timeout);
-        pool_cfg.timeouts.recycle = Some(op_timeout);
-        match self {
+        let (pubsub, endpoint) = match self {
             Self::Single(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(bad_url)?;
                 let endpoint = client.get_connection_info().addr().to_string();
-                let mut cfg = deadpool_redis::Config::from_url(url.as_str());
-                cfg.pool = Some(pool_cfg);
-                let pool = cfg
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .map_err(|e| Error::invalid_input("redis url", e.to_string()))?;
-                Ok((Pool::Single(pool), PubSubSource::Single(client), endpoint))
+                (PubSubSource::Single(client), endpoint)
             }
             Self::Sentinel { master, sentinels } => {
                 if sentinels.is_empty() {
@@ -357,21 +348,11 @@ impl Topology {
                     SentinelServerType::Master,
                 )
                 .map_err(bad_url)?;
-                let mut cfg = deadpool_redis::sentinel::Config::from_urls(
-                    sentinels.clone(),
-                    master.clone(),
-                    deadpool_redis::sentinel::SentinelServerType::Master,
-                );
-                cfg.pool = Some(pool_cfg);
-                let pool = cfg
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .map_err(|e| Error::invalid_input("sentinels", e.to_string()))?;
                 let endpoint = format!("sentinel master {master} via {}", addrs.join(","));
-                Ok((
-                    Pool::Sentinel(pool),
+                (
                     PubSubSource::Sentinel(tokio::sync::Mutex::new(client)),
                     endpoint,
-                ))
+                )
             }
             Self::Cluster(nodes) => {
                 if nodes.is_empty() {
@@ -387,6 +368,42 @@ impl Topology {
                     addrs.push(c.get_connection_info().addr().to_string());
                     clients.push(c);
                 }
+                let endpoint = format!("cluster via {}", addrs.join(","));
+                (
+                    PubSubSource::Cluster(clients, std::sync::atomic::AtomicUsize::new(0)),
+                    endpoint,
+                )
+            }
+        };
+        Ok((self.pool(pool_size, op_timeout)?, pubsub, endpoint))
+    }
+
+    /// A pool of up to `size` connections (made on first use).
+    pub(crate) fn pool(&self, size: usize, op_timeout: Duration) -> Result<Pool, Error> {
+        let mut pool_cfg = deadpool_redis::PoolConfig::new(size);
+        pool_cfg.timeouts.wait = Some(op_timeout);
+        pool_cfg.timeouts.create = Some(op_timeout);
+        pool_cfg.timeouts.recycle = Some(op_timeout);
+        match self {
+            Self::Single(url) => {
+                let mut cfg = deadpool_redis::Config::from_url(url.as_str());
+                cfg.pool = Some(pool_cfg);
+                cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                    .map(Pool::Single)
+                    .map_err(|e| Error::invalid_input("redis url", e.to_string()))
+            }
+            Self::Sentinel { master, sentinels } => {
+                let mut cfg = deadpool_redis::sentinel::Config::from_urls(
+                    sentinels.clone(),
+                    master.clone(),
+                    deadpool_redis::sentinel::SentinelServerType::Master,
+                );
+                cfg.pool = Some(pool_cfg);
+                cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                    .map(Pool::Sentinel)
+                    .map_err(|e| Error::invalid_input("sentinels", e.to_string()))
+            }
+            Self::Cluster(nodes) => {
                 let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
                     .connection_timeout(node_connect_timeout(op_timeout))
                     .response_timeout(op_timeout)
@@ -396,17 +413,12 @@ impl Topology {
                     client,
                     pings: std::sync::atomic::AtomicUsize::new(0),
                 };
-                let pool = deadpool::managed::Pool::builder(manager)
+                deadpool::managed::Pool::builder(manager)
                     .config(pool_cfg)
                     .runtime(deadpool::Runtime::Tokio1)
                     .build()
-                    .map_err(|e| Error::invalid_input("cluster nodes", e.to_string()))?;
-                let endpoint = format!("cluster via {}", addrs.join(","));
-                Ok((
-                    Pool::Cluster(pool),
-                    PubSubSource::Cluster(clients, std::sync::atomic::AtomicUsize::new(0)),
-                    endpoint,
-                ))
+                    .map(Pool::Cluster)
+                    .map_err(|e| Error::invalid_input("cluster nodes", e.to_string()))
             }
         }
     }

@@ -246,3 +246,61 @@ async fn a_bad_fencing_counter_is_named_and_refused() {
     let g = lock.try_acquire("fenced").await.unwrap().unwrap();
     assert!(g.fencing_token().get() > 9_007_199_254_740_000);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// `check_name` on any text (empty, control characters, braces, multibyte, over the
+    /// limit): never a panic; Ok exactly for 1 to MAX_NAME_LEN bytes without control
+    /// characters or braces, and the error names what was checked.
+    #[test]
+    fn check_name_takes_any_text(name in "\\PC{0,300}|[\\x00-\\x7f{}]{0,8}|.{250,260}") {
+        let r = distkit_dlock::check_name("thing", &name);
+        let fine = !name.is_empty()
+            && name.len() <= distkit_dlock::MAX_NAME_LEN
+            && !name.chars().any(|c| c.is_control() || c == '{' || c == '}');
+        proptest::prop_assert_eq!(r.is_ok(), fine, "{:?}: {:?}", name, r);
+        if let Err(e) = r {
+            proptest::prop_assert!(e.to_string().contains("thing"), "{}", e);
+        }
+    }
+}
+
+/// `connection()` cancelled at random points, held past the pool's size, and dropped outside
+/// a runtime: the pool stays whole, the locks keep working, nothing panics.
+#[test]
+fn lent_connections_survive_cancellation_exhaustion_and_a_dropped_runtime() {
+    let server = RedisServer::start().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let held = rt.block_on(async {
+        let lock = RedisLock::builder(server.url())
+            .pool_size(2)
+            .op_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        // Cancelled halfway, 200 times (bounded).
+        for i in 0..200u64 {
+            let cut = Duration::from_micros(i * 37 % 1500);
+            let _ = tokio::time::timeout(cut, lock.connection()).await;
+        }
+        // Every lent slot came back: both can be held at once, and a third waits out the op
+        // timeout with a typed, retryable error while the locks still work.
+        let a = lock.connection().await.unwrap();
+        let b = lock.connection().await.unwrap();
+        let third = lock.connection().await.unwrap_err();
+        assert!(matches!(third, Error::Timeout { .. }), "{third:?}");
+        assert!(third.is_retryable());
+        let g = lock.try_acquire("lent").await.unwrap().expect("free");
+        g.release().await.unwrap();
+        drop(a);
+        let again = lock.connection().await.unwrap();
+        (lock, b, again)
+    });
+    // Dropped after their runtime is gone: no panic.
+    drop(rt);
+    drop(held);
+}
